@@ -1,0 +1,188 @@
+"""Roost's one exception tree.
+
+    RoostError
+    ├── UserError                    the caller's mistake; maps to 4xx
+    │   ├── ConfigError              bad configuration (each problem carries its key path)
+    │   ├── InvalidInput             bad request data (names the field)
+    │   ├── NotFound                 unknown agent, session or run
+    │   │   ├── AgentNotFound
+    │   │   ├── SessionNotFound
+    │   │   └── RunNotFound
+    │   ├── Conflict                 state does not allow it (409)
+    │   │   └── SessionBusy          a run is active and the policy is `reject`
+    │   └── PreconditionFailed       If-Match version mismatch (412)
+    ├── Overloaded                   admission refused the work (503 / 429 with Retry-After)
+    │   ├── ServerOverloaded         global limits full (503)
+    │   └── TenantOverloaded         tenant quota exceeded (429)
+    ├── Unavailable                  a dependency is unreachable (503)
+    │   └── StoreUnavailable
+    ├── StoreError                   a store contract failure
+    │   └── VersionConflict          compare-and-set lost: someone appended first
+    ├── RunFailure                   why a run ended badly; becomes `run.failed` with `type`
+    │   ├── ModelError               provider failed (status, retryable)
+    │   ├── ToolError                a tool raised or timed out (returned to the model)
+    │   ├── MaxStepsExceeded
+    │   ├── RunTimeout
+    │   └── RunCancelled
+    └── (none of these is a control-flow signal; approvals arrive in a later issue)
+
+A dependency's exception never leaks out of Roost's API: providers and stores translate
+what they catch into this tree. HTTP maps it to problem+json in one place
+(`roost.server.problems`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RoostError(Exception):
+    """Base of every error Roost raises on purpose."""
+
+    status: int = 500
+    type: str = "error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class UserError(RoostError):
+    status = 400
+    type = "invalid_request"
+
+
+class ConfigError(UserError):
+    type = "config_error"
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        # (dotted key path, what is wrong with it)
+        self.problems = problems or []
+
+
+class InvalidInput(UserError):
+    status = 422
+    type = "invalid_input"
+
+    def __init__(self, message: str, field: str | None = None, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.field = field
+
+
+class NotFound(UserError):
+    status = 404
+    type = "not_found"
+
+
+class AgentNotFound(NotFound):
+    type = "agent_not_found"
+
+
+class SessionNotFound(NotFound):
+    type = "session_not_found"
+
+
+class RunNotFound(NotFound):
+    type = "run_not_found"
+
+
+class Conflict(UserError):
+    status = 409
+    type = "conflict"
+
+
+class SessionBusy(Conflict):
+    type = "session_busy"
+
+
+class PreconditionFailed(UserError):
+    status = 412
+    type = "precondition_failed"
+
+
+class Overloaded(RoostError):
+    status = 503
+    type = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0, reason: str = "overloaded") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class ServerOverloaded(Overloaded):
+    type = "server_overloaded"
+
+
+class TenantOverloaded(Overloaded):
+    status = 429
+    type = "tenant_overloaded"
+
+
+class Unavailable(RoostError):
+    status = 503
+    type = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    type = "store_unavailable"
+
+
+class StoreError(RoostError):
+    type = "store_error"
+
+
+class VersionConflict(StoreError):
+    """An append or patch lost its compare-and-set: the session moved on."""
+
+    status = 409
+    type = "version_conflict"
+
+    def __init__(self, session_id: str, expected: int, actual: int | None) -> None:
+        super().__init__(f"session {session_id}: expected version {expected}, found {actual}")
+        self.session_id = session_id
+        self.expected = expected
+        self.actual = actual
+
+
+class RunFailure(RoostError):
+    """Why a run ended without an answer. Never escapes the runtime."""
+
+    type = "run_failure"
+
+
+class ModelError(RunFailure):
+    type = "model_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        provider: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.provider = provider
+
+
+class ToolError(RunFailure):
+    type = "tool_error"
+
+
+class MaxStepsExceeded(RunFailure):
+    type = "max_steps_exceeded"
+
+
+class RunTimeout(RunFailure):
+    type = "timed_out"
+
+
+class RunCancelled(RunFailure):
+    type = "cancelled"

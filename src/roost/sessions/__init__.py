@@ -1,0 +1,63 @@
+"""Sessions: records, the Store protocol, and its backends selected by URL."""
+
+from __future__ import annotations
+
+from roost.sessions.records import DEFAULT_TENANT, Event, Page, RunRecord, Session, Usage
+from roost.sessions.store import Store
+
+__all__ = [
+    "DEFAULT_TENANT",
+    "Event",
+    "Page",
+    "RunRecord",
+    "Session",
+    "Store",
+    "Usage",
+    "open_store",
+]
+
+
+def open_store(url: str, **options: object) -> Store:
+    """Build (not yet open) the store a URL names.
+
+    `memory://`, `sqlite:///path/to/roost.db` (`sqlite://` alone: ./.roost/roost.db),
+    `postgresql://user@host:5432/db`, `redis://host:6379/0`.
+    Optional backends are imported lazily; a missing driver raises `ConfigError` that names
+    the extra to install.
+    """
+    from roost.errors import ConfigError
+
+    scheme, _, rest = url.partition("://")
+    if not _:
+        raise ConfigError(f"store URL {url!r} has no scheme", [("store.url", "expected scheme://")])
+    if scheme == "memory":
+        from roost.sessions.memory import MemoryStore
+
+        return MemoryStore(**options)  # type: ignore[arg-type]
+    if scheme == "sqlite":
+        from roost.sessions.sqlite import SQLiteStore
+
+        path = rest[1:] if rest.startswith("/") else rest
+        return SQLiteStore(path or ".roost/roost.db", **options)  # type: ignore[arg-type]
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from roost.sessions.postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigError(
+                "the postgres store needs asyncpg: pip install 'roost[postgres]'",
+                [("store.url", str(exc))],
+            ) from exc
+        return PostgresStore(url, **options)  # type: ignore[arg-type]
+    if scheme in ("redis", "rediss"):
+        try:
+            from roost.sessions.redis import RedisStore
+        except ImportError as exc:  # pragma: no cover
+            raise ConfigError(
+                "the redis store needs redis-py: pip install 'roost[redis]'",
+                [("store.url", str(exc))],
+            ) from exc
+        return RedisStore(url, **options)  # type: ignore[arg-type]
+    raise ConfigError(
+        f"unknown store scheme {scheme!r}",
+        [("store.url", "use memory://, sqlite:///path, postgresql://… or redis://…")],
+    )

@@ -1,0 +1,116 @@
+"""The records a store keeps: sessions, their event log, and run records.
+
+Hot-path records are msgspec Structs: cheap to build, to copy and to encode. Pydantic models
+live only at the HTTP and config boundaries.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import msgspec
+
+DEFAULT_TENANT = "default"
+
+EventType = Literal[
+    "run.started",
+    "message",
+    "message.delta",
+    "tool.call",
+    "tool.result",
+    "approval.required",
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "run.interrupted",
+    "compaction",
+]
+
+RunStatus = Literal[
+    "queued",
+    "running",
+    "waiting",
+    "completed",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "interrupted",
+]
+
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"completed", "failed", "cancelled", "timed_out", "interrupted"}
+)
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch; every persisted timestamp uses it."""
+    return time.time()
+
+
+class Session(msgspec.Struct, kw_only=True):
+    id: str
+    tenant: str = DEFAULT_TENANT
+    agent: str
+    user_id: str | None = None
+    state: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Bumped by every append and every state patch: the compare-and-set token.
+    version: int = 0
+    # The seq of the newest event in the log (0 when empty).
+    last_seq: int = 0
+    created_at: float = msgspec.field(default_factory=now)
+    updated_at: float = msgspec.field(default_factory=now)
+    expires_at: float | None = None
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One entry of a session's append-only log.
+
+    `seq` is assigned by the store on append (session-scoped, monotonic, from 1); an event
+    built by the engine carries seq 0 until then.
+    """
+
+    type: str
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    run_id: str | None = None
+    seq: int = 0
+    ts: float = msgspec.field(default_factory=now)
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost += other.cost
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class RunRecord(msgspec.Struct, kw_only=True):
+    id: str
+    session_id: str
+    tenant: str = DEFAULT_TENANT
+    agent: str
+    status: str = "queued"
+    input: str = ""
+    output: str | None = None
+    deadline: float | None = None  # wall-clock epoch seconds
+    attempt: int = 1
+    usage: Usage = msgspec.field(default_factory=Usage)
+    error: dict[str, Any] | None = None
+    created_at: float = msgspec.field(default_factory=now)
+    updated_at: float = msgspec.field(default_factory=now)
+
+
+class Page(msgspec.Struct, kw_only=True):
+    """One page of a listing; `next_cursor` is None on the last page."""
+
+    items: list[Any]
+    next_cursor: str | None = None
