@@ -164,8 +164,13 @@ class ModelError(RunFailure):
         retryable: bool = False,
         retry_after: float | None = None,
         provider: str | None = None,
+        kind: str = "error",
     ) -> None:
         super().__init__(message)
+        # What went wrong, for wrappers to decide on: "rate_limited", "overloaded" (5xx),
+        # "timeout", "connection", "malformed", "context_overflow", "bad_request", "auth",
+        # "circuit_open", "deadline", "error".
+        self.kind = kind
         self.status_code = status_code
         self.retryable = retryable
         self.retry_after = retry_after

@@ -1,0 +1,111 @@
+"""`Agent`: a model, instructions and tools, with the limits and policies a runtime enforces.
+
+    from roost import Agent, tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        '''Current weather for a city.'''
+        return f"Sunny in {city}"
+
+    weather = Agent(name="weather", model="demo", instructions="Be brief.", tools=[get_weather])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from roost.models.base import Model
+from roost.tools.base import Tool, Toolset
+from roost.tools.function import FunctionTool
+
+DoubleTexting = Literal["reject", "enqueue", "interrupt"]
+DisconnectPolicy = Literal["cancel", "continue"]
+PausedPolicy = Literal["queue", "reject"]
+
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-agent run limits. Every one is configurable; the defaults suit interactive chat."""
+
+    max_steps: int = 10  # model calls per run
+    run_timeout_s: float = 120.0  # the longest a turn may take; a turn's timeout_s is capped by it
+    max_tool_concurrency: int = 8  # parallel tool calls within one step
+    tool_timeout_s: float = 30.0  # default per-call timeout (a tool may set its own)
+    max_input_chars: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_tool_concurrency", "max_input_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"limits.{name} must be >= 1")
+        for name in ("run_timeout_s", "tool_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limits.{name} must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Policies:
+    """How the runtime treats this agent's sessions."""
+
+    # A turn arriving while the session has an active run: 409, wait in order, or cancel the
+    # active run at a step boundary and start the new one.
+    double_texting: DoubleTexting = "enqueue"
+    max_pending_turns: int = 8  # per session, with `enqueue`
+    # A streaming client that goes away: cancel its run, or let it finish and persist.
+    on_disconnect: DisconnectPolicy = "cancel"
+    # New turns while the agent is paused: wait until resumed, or 503.
+    when_paused: PausedPolicy = "reject"
+    # Messages of history sent to the model (newest kept; a turn is never split).
+    history_messages: int = 40
+
+
+@dataclass(eq=False)
+class Agent:
+    """A servable agent. `model` is a model reference from config ("demo", an alias,
+    "openai:gpt-4o-mini") or a `Model` instance."""
+
+    name: str
+    model: str | Model = "demo"
+    instructions: str = ""
+    tools: list[Any] = field(default_factory=list)
+    description: str = ""
+    limits: Limits = field(default_factory=Limits)
+    policies: Policies = field(default_factory=Policies)
+    model_settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(f"agent name {self.name!r} must match {_NAME.pattern}")
+        self.tools = [_as_tool(t) for t in self.tools]
+        names = [t.name for t in self.tools if not isinstance(t, Toolset)]
+        duplicates = {n for n in names if names.count(n) > 1}
+        if duplicates:
+            raise ValueError(f"agent {self.name}: duplicate tool names {sorted(duplicates)}")
+
+    @property
+    def model_ref(self) -> str:
+        return self.model if isinstance(self.model, str) else self.model.name
+
+    def function_tools(self) -> list[Tool]:
+        return [t for t in self.tools if not isinstance(t, Toolset)]
+
+
+def _as_tool(value: Any) -> Tool | Toolset:
+    if isinstance(value, (FunctionTool, Toolset, Tool)):
+        return value  # type: ignore[no-any-return]
+    if callable(value):
+        return FunctionTool(value)
+    raise TypeError(f"not a tool: {value!r}")
+
+
+def agents_in(namespace: dict[str, Any] | Iterable[Any]) -> list[Agent]:
+    """The `Agent` objects defined in a module namespace (or any iterable), in order."""
+    values = namespace.values() if isinstance(namespace, dict) else namespace
+    return [v for v in values if isinstance(v, Agent)]
+
+
+AgentFactory = Callable[[], Agent]

@@ -1,0 +1,192 @@
+"""Settings: a TOML or YAML file, overridden by `ROOST_*` environment variables, validated.
+
+    [server]
+    port = 8000
+
+    [store]
+    url = "sqlite:///.roost/roost.db"
+
+    [providers.local]
+    type = "openai"                      # any OpenAI-compatible server: vLLM, Ollama, llama.cpp
+    base_url = "http://127.0.0.1:8001/v1"
+    api_key_env = "LOCAL_API_KEY"
+
+    [models.fast]
+    provider = "local"
+    model = "llama3"
+
+Environment variables use `__` between levels: `ROOST_SERVER__PORT=9000`,
+`ROOST_STORE__URL=postgresql://…`. `load_settings()` raises `ConfigError` whose `problems`
+name each offending key by its dotted path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from roost.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body limit (413 above)")
+    heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat comment interval")
+    # Until API keys exist, the tenant may come from a header the operator trusts
+    # (e.g. set by a gateway). Off by default: everything is the `default` tenant.
+    tenant_header: str | None = None
+    workers: int = Field(1, ge=1)
+    shutdown_grace_s: float = Field(30.0, ge=0, description="in-flight runs' grace on SIGTERM")
+    max_list_limit: int = Field(200, ge=1)
+
+
+class StoreConfig(_Section):
+    url: str = "sqlite:///.roost/roost.db"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if "://" not in value or scheme not in ("memory", "sqlite", "postgres", "postgresql",
+                                                  "redis", "rediss"):
+            raise ValueError("use memory://, sqlite:///path, postgresql://… or redis://…")
+        return value
+
+
+class SessionsConfig(_Section):
+    ttl_s: float | None = Field(None, gt=0, description="sessions expire this long after creation")
+    sweep_interval_s: float = Field(60.0, gt=0)
+    cache_max_sessions: int = Field(10_000, ge=0)
+    cache_max_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    max_state_bytes: int = Field(1024 * 1024, ge=1)
+
+
+class TenantQuotaConfig(_Section):
+    max_running: int | None = Field(None, ge=1)
+    max_queued: int | None = Field(None, ge=0)
+    rate: float | None = Field(None, gt=0, description="turns per second")
+    burst: int | None = Field(None, ge=1)
+    weight: float = Field(1.0, gt=0)
+
+
+class AdmissionConfig(_Section):
+    max_running: int | None = Field(None, ge=1, description="default: derived from the machine")
+    max_queued: int | None = Field(None, ge=0)
+    default_quota: TenantQuotaConfig = Field(default_factory=TenantQuotaConfig)
+    tenants: dict[str, TenantQuotaConfig] = Field(default_factory=dict)
+    adaptive: bool = False
+
+
+class RuntimeConfig(_Section):
+    auto_resume: bool = Field(False, description="resume interrupted runs at start-up")
+    lease_ttl_s: float = Field(30.0, gt=0, description="session run lease, shared stores only")
+    run_channel_buffer: int = Field(1024, ge=16)
+
+
+class ProviderConfig(_Section):
+    type: Literal["openai", "anthropic"] = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(1000, ge=1)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0)
+
+
+class ModelAliasConfig(_Section):
+    provider: str
+    model: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    # Wrappers (retry, breaker, fallback, rate limit, routing); see docs/configuration.md.
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentOverride(_Section):
+    """Per-agent overrides from config (the agent itself is defined in Python)."""
+
+    model: str | None = None
+    limits: dict[str, Any] = Field(default_factory=dict)
+    policies: dict[str, Any] = Field(default_factory=dict)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROOST_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
+    agents: dict[str, AgentOverride] = Field(default_factory=dict)
+    # Python files or modules to load agents from (CLI arguments add to these).
+    load: list[str] = Field(default_factory=list)
+    observability: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML or YAML file into a dict; `ConfigError` names the file on failure."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
+                          [("(file)", f"{path}: {exc.strerror}")]) from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}",
+                          [("(file)", str(exc))]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a table/mapping",
+                          [("(file)", "expected a mapping")])
+    return data
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (or `$ROOST_CONFIG`, or ./roost.toml if present) + env + overrides."""
+    if path is None:
+        path = os.environ.get("ROOST_CONFIG") or (
+            "roost.toml" if Path("roost.toml").exists() else None)
+    data = read_config_file(path) if path else {}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"])
+                    for err in exc.errors(include_url=False)]
+        summary = "; ".join(f"{k}: {m}" for k, m in problems)
+        raise ConfigError(f"invalid configuration: {summary}", problems) from None

@@ -1,0 +1,299 @@
+"""One run: model call → tool calls → model call … → final answer.
+
+Every completed step is appended to the session log (compare-and-set on the session version)
+before the next step starts, so a run can resume from the log alone. The run honours its
+deadline (carried to every model and tool call) and cancellation (propagated to the model
+stream and tool tasks). An exception never escapes `Runner.run()`: it becomes the run's
+terminal status and a `run.failed` / `run.cancelled` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from roost.agent import Agent
+from roost.engine.context import message_event_data, pending_tool_calls
+from roost.engine.hooks import NO_HOOKS, EngineHooks
+from roost.errors import (
+    MaxStepsExceeded,
+    ModelError,
+    RoostError,
+    RunFailure,
+    StoreError,
+    VersionConflict,
+)
+from roost.models.base import (
+    Message,
+    Model,
+    ModelRequest,
+    ModelResponse,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+)
+from roost.sessions.records import Event, RunRecord, Session, now
+from roost.sessions.store import Store
+from roost.tools.base import Tool, ToolArgumentsError, ToolContext
+
+Emit = Callable[[Event], None]
+
+# Why a run was cancelled decides its terminal status: a shutdown leaves it resumable.
+CANCEL_STATUS = {"shutdown": "interrupted", "interrupt": "cancelled", "user": "cancelled",
+                 "disconnect": "cancelled"}
+
+
+@dataclass(slots=True)
+class RunContext:
+    """Everything one run needs, assembled by the runtime."""
+
+    agent: Agent
+    model: Model
+    tools: dict[str, Tool]
+    tool_specs: list[ToolSpec]
+    store: Store
+    session: Session  # its version and last_seq follow this run's appends
+    run: RunRecord
+    messages: list[Message]  # system + history (+ this run's steps when resuming)
+    deadline: float  # event loop clock
+    emit: Emit
+    stream: bool = False
+    hooks: EngineHooks = NO_HOOKS
+    resume: bool = False
+    cancel_reason: str | None = None
+    # Persisted events of this run, in order (the non-streaming response returns them).
+    events: list[Event] = field(default_factory=list)
+
+
+class Runner:
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self._append_lock = asyncio.Lock()
+        self._metadata = {"run_id": ctx.run.id, "tenant": ctx.run.tenant,
+                          "agent": ctx.agent.name, "session_id": ctx.session.id}
+
+    async def run(self) -> RunRecord:
+        """Execute to a terminal status. Re-raises CancelledError after recording it."""
+        ctx, run = self.ctx, self.ctx.run
+        token = ctx.hooks.run_start(run, model=ctx.model.name)
+        try:
+            try:
+                async with asyncio.timeout_at(ctx.deadline):
+                    if not ctx.resume:
+                        await self._start()
+                    await self._steps()
+            except TimeoutError:
+                await self._finish("timed_out", "run.failed",
+                                   {"type": "timed_out", "message": "the run passed its deadline"})
+            except asyncio.CancelledError:
+                reason = ctx.cancel_reason or "user"
+                status = CANCEL_STATUS.get(reason, "cancelled")
+                event = "run.interrupted" if status == "interrupted" else "run.cancelled"
+                await asyncio.shield(self._finish(status, event, {"type": status, "reason": reason}))
+                raise
+            except RunFailure as exc:
+                await self._finish("failed", "run.failed", _error(exc))
+            except RoostError as exc:
+                await self._finish("failed", "run.failed", _error(exc))
+            except Exception as exc:  # an engine bug must not take the server down
+                await self._finish("failed", "run.failed",
+                                   {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            ctx.hooks.run_end(token, run)
+        return run
+
+    # -- steps --------------------------------------------------------------------------
+    async def _start(self) -> None:
+        ctx = self.ctx
+        ctx.run.status = "running"
+        user = Message(role="user", content=ctx.run.input)
+        ctx.messages.append(user)
+        await self._append([
+            Event(type="run.started", run_id=ctx.run.id,
+                  data={"input": ctx.run.input, "agent": ctx.agent.name, "attempt": ctx.run.attempt}),
+            Event(type="message", run_id=ctx.run.id, data=message_event_data(user)),
+        ], with_run=True)
+
+    async def _steps(self) -> None:
+        ctx = self.ctx
+        steps_taken = sum(1 for m in ctx.messages if m.role == "assistant") if ctx.resume else 0
+        pending = pending_tool_calls(ctx.messages) if ctx.resume else []
+        if pending:
+            await self._run_tools(pending)
+        while True:
+            if steps_taken >= ctx.agent.limits.max_steps:
+                raise MaxStepsExceeded(f"no final answer within {ctx.agent.limits.max_steps} steps")
+            response = await self._call_model()
+            steps_taken += 1
+            message = response.message
+            if message.role != "assistant":
+                message = Message(role="assistant", content=message.content, tool_calls=message.tool_calls)
+            ctx.messages.append(message)
+            data = message_event_data(message)
+            data["model"] = response.model or ctx.model.name
+            data["usage"] = {"input_tokens": response.usage.input_tokens,
+                             "output_tokens": response.usage.output_tokens}
+            step = [Event(type="message", run_id=ctx.run.id, data=data)]
+            if not message.tool_calls:
+                ctx.run.output = message.content or ""
+                ctx.run.status = "completed"
+                step.append(Event(type="run.completed", run_id=ctx.run.id,
+                                  data={"output": ctx.run.output, "usage": _usage(ctx.run)}))
+                await self._append(step, with_run=True)
+                return
+            step.extend(Event(type="tool.call", run_id=ctx.run.id,
+                              data={"id": c.id, "name": c.name, "arguments": c.arguments})
+                        for c in message.tool_calls)
+            await self._append(step)
+            await self._run_tools(message.tool_calls)
+
+    async def _call_model(self) -> ModelResponse:
+        ctx = self.ctx
+        request = ModelRequest(messages=list(ctx.messages), tools=ctx.tool_specs,
+                               settings=ctx.agent.model_settings, deadline=ctx.deadline,
+                               stream=ctx.stream, metadata=dict(self._metadata))
+        token = ctx.hooks.model_start(ctx.run, ctx.model.name, request)
+        response: ModelResponse | None = None
+        first = True
+        try:
+            async for item in ctx.model.stream(request):
+                if isinstance(item, TextDelta):
+                    if first:
+                        ctx.hooks.model_first_token(token)
+                        first = False
+                    ctx.emit(Event(type="message.delta", run_id=ctx.run.id, data={"text": item.text}))
+                else:
+                    response = item
+            if response is None:
+                raise ModelError(f"{ctx.model.name}: the stream ended without a response",
+                                 kind="malformed")
+        except BaseException as exc:
+            ctx.hooks.model_end(token, None, exc)
+            raise
+        ctx.hooks.model_end(token, response, None)
+        ctx.run.usage.add(response.usage)
+        return response
+
+    async def _run_tools(self, calls: list[ToolCall]) -> None:
+        """Run a step's tool calls in parallel under the agent's bound; each result is
+        persisted as it completes. A failing tool is a result, never a crash."""
+        limit = asyncio.Semaphore(self.ctx.agent.limits.max_tool_concurrency)
+
+        async def one(call: ToolCall) -> None:
+            async with limit:
+                content, outcome, duration = await self._call_tool(call)
+            result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
+            async with self._append_lock:
+                self.ctx.messages.append(result)
+                await self._append([Event(type="tool.result", run_id=self.ctx.run.id, data={
+                    "call_id": call.id, "name": call.name, "content": content,
+                    "is_error": outcome != "ok", "outcome": outcome,
+                    "duration_ms": round(duration * 1000, 3)})])
+
+        if len(calls) == 1:
+            await one(calls[0])
+            return
+        async with asyncio.TaskGroup() as group:
+            for call in calls:
+                group.create_task(one(call))
+
+    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float]:
+        ctx = self.ctx
+        tool = ctx.tools.get(call.name)
+        started = time.perf_counter()
+        if tool is None:
+            return f"Error: unknown tool {call.name!r}", "error", 0.0
+        loop = asyncio.get_running_loop()
+        timeout = tool.timeout_s or ctx.agent.limits.tool_timeout_s
+        tool_deadline = min(ctx.deadline, loop.time() + timeout)
+        token = ctx.hooks.tool_start(ctx.run, call.name, call.id)
+        context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
+                              agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
+                              state=ctx.session.state)
+        outcome, error = "ok", None
+        try:
+            # The run's own deadline is the outer timeout: if it fires first, the run ends
+            # timed_out (CancelledError passes through this inner timeout untouched).
+            async with asyncio.timeout_at(tool_deadline):
+                content = await tool.call(call.arguments, context)
+        except ToolArgumentsError as exc:
+            outcome, error, content = "invalid_arguments", exc, f"Error: {exc}"
+        except TimeoutError as exc:
+            if loop.time() >= ctx.deadline:
+                ctx.hooks.tool_end(token, "timeout", exc)
+                raise
+            outcome, error, content = "timeout", exc, f"Error: {call.name} timed out after {timeout:g} s"
+        except asyncio.CancelledError as exc:
+            ctx.hooks.tool_end(token, "cancelled", exc)
+            raise
+        except Exception as exc:
+            outcome, error, content = "error", exc, f"Error: {type(exc).__name__}: {exc}"
+        ctx.hooks.tool_end(token, outcome, error)
+        return content, outcome, time.perf_counter() - started
+
+    # -- persistence ----------------------------------------------------------------------
+    async def _append(self, events: list[Event], *, with_run: bool = False) -> None:
+        """Append with compare-and-set on the session version.
+
+        A conflict caused only by a state patch (the log did not move) is retried with the
+        new version; if another writer appended events, the run fails rather than
+        interleave two turns in one session.
+        """
+        ctx = self.ctx
+        session = ctx.session
+        run = ctx.run if with_run else None
+        if run is not None:
+            run.updated_at = now()
+        for _ in range(5):
+            try:
+                session.version = await ctx.store.append(
+                    ctx.run.tenant, session.id, events, session.version, run=run)
+                break
+            except VersionConflict:
+                fresh = await ctx.store.get_session(ctx.run.tenant, session.id)
+                if fresh.last_seq != session.last_seq:
+                    raise StoreError(
+                        f"session {session.id} was appended to by another writer; "
+                        "refusing to interleave turns") from None
+                session.version = fresh.version
+                session.state = fresh.state
+        else:
+            raise StoreError(f"session {session.id}: too many concurrent state patches")
+        session.last_seq = events[-1].seq
+        session.updated_at = now()
+        for event in events:
+            ctx.events.append(event)
+            ctx.emit(event)
+
+    async def _finish(self, status: str, event_type: str, data: dict[str, Any]) -> None:
+        ctx = self.ctx
+        ctx.run.status = status
+        ctx.run.error = data if event_type != "run.completed" else None
+        try:
+            await self._append([Event(type=event_type, run_id=ctx.run.id,
+                                      data={"error": data, "usage": _usage(ctx.run)})],
+                               with_run=True)
+        except RoostError:
+            # The log is unreachable or moved on (session deleted, another writer, outage):
+            # record the run itself if we can, and tell the live listeners either way.
+            try:
+                ctx.run.updated_at = now()
+                await ctx.store.put_run(ctx.run)
+            except RoostError:
+                pass
+            ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
+
+
+def _usage(run: RunRecord) -> dict[str, Any]:
+    return {"input_tokens": run.usage.input_tokens, "output_tokens": run.usage.output_tokens,
+            "cost": run.usage.cost}
+
+
+def _error(exc: RoostError) -> dict[str, Any]:
+    data: dict[str, Any] = {"type": exc.type, "message": exc.message}
+    if isinstance(exc, ModelError):
+        data.update(kind=exc.kind, status_code=exc.status_code, provider=exc.provider)
+    return data

@@ -1,0 +1,94 @@
+"""Model references → `Model` instances, from config.
+
+A reference is `demo`, an alias declared under `[models.<alias>]`, or `provider:model`
+(`openai:gpt-4o-mini`, `local:llama3`) naming a provider under `[providers.<name>]`
+(`openai` and `anthropic` work without a section, with their public endpoints and the
+`OPENAI_API_KEY` / `ANTHROPIC_API_KEY` variables). Instances are built once and shared:
+each provider holds one connection pool.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from roost.errors import ConfigError
+from roost.models.base import Model
+from roost.models.demo import DemoModel
+
+if TYPE_CHECKING:
+    from roost.config import ModelAliasConfig, ProviderConfig
+
+_DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
+    "openai": {"type": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+    "anthropic": {"type": "anthropic", "base_url": "https://api.anthropic.com",
+                  "api_key_env": "ANTHROPIC_API_KEY"},
+}
+
+
+class ModelRegistry:
+    def __init__(self, providers: dict[str, ProviderConfig] | None = None,
+                 aliases: dict[str, ModelAliasConfig] | None = None) -> None:
+        self.providers = providers or {}
+        self.aliases = aliases or {}
+        self._models: dict[str, Model] = {}
+
+    def resolve(self, ref: str | Model) -> Model:
+        if not isinstance(ref, str):
+            return ref
+        model = self._models.get(ref)
+        if model is None:
+            model = self._build(ref, ())
+            self._models[ref] = model
+        return model
+
+    def _build(self, ref: str, seen: tuple[str, ...]) -> Model:
+        if ref in seen:
+            raise ConfigError(f"model alias cycle: {' -> '.join((*seen, ref))}",
+                              [(f"models.{ref}", "alias cycle")])
+        if ref == "demo":
+            return DemoModel()
+        alias = self.aliases.get(ref)
+        if alias is not None:
+            base = self._provider_model(alias.provider, alias.model, alias.settings, f"models.{ref}")
+            if alias.policy:
+                from roost.models.wrappers import apply_policies
+
+                return apply_policies(base, alias.policy,
+                                      resolve=lambda name: self._build(name, (*seen, ref)))
+            return base
+        provider, sep, name = ref.partition(":")
+        if not sep or not name:
+            raise ConfigError(f"unknown model {ref!r}: not 'demo', an alias, or provider:model",
+                              [("model", f"unknown model {ref!r}")])
+        return self._provider_model(provider, name, {}, "model")
+
+    def _provider_model(self, provider: str, model: str, settings: dict[str, Any], key: str) -> Model:
+        config = self.providers.get(provider)
+        if config is not None:
+            spec = config.model_dump()
+        elif provider in _DEFAULT_PROVIDERS:
+            spec = dict(_DEFAULT_PROVIDERS[provider])
+        else:
+            raise ConfigError(f"unknown provider {provider!r}",
+                              [(key, f"no [providers.{provider}] section")])
+        api_key = os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None
+        base_url = spec.get("base_url") or _DEFAULT_PROVIDERS.get(spec["type"], {}).get("base_url")
+        common = {"base_url": base_url, "api_key": api_key}
+        for option in ("headers", "max_connections", "connect_timeout_s", "read_timeout_s"):
+            if spec.get(option) is not None:
+                common[option] = spec[option]
+        if spec["type"] == "anthropic":
+            from roost.models.anthropic import AnthropicModel
+
+            return AnthropicModel(model, **common)  # type: ignore[no-any-return]
+        from roost.models.openai_compat import OpenAICompatModel
+
+        return OpenAICompatModel(model, provider=provider, settings=settings or None, **common)  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        for model in self._models.values():
+            close = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
+        self._models.clear()

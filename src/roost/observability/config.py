@@ -1,0 +1,59 @@
+"""`ObservabilityConfig`: what to measure, where to export, how to log, what tokens cost.
+
+Embedded in Roost's `Settings` as `observability`, so every key is settable from the config
+file or `ROOST_OBSERVABILITY__*` env vars:
+
+    [observability]
+    metrics_port = 9464          # omit: /metrics on the main app
+    tracing = true               # OTLP endpoint etc. from the standard OTEL_* env vars
+    log_format = "json"
+
+    [observability.prices."openai:gpt-4o-mini"]
+    input = 0.15                 # USD per 1M input tokens
+    output = 0.60
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ModelPrice(BaseModel):
+    """What one model costs, in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0, description="USD per 1M input (prompt) tokens")
+    output: float = Field(ge=0, description="USD per 1M output (completion) tokens")
+
+
+class ObservabilityConfig(BaseModel):
+    """Metrics, traces, logs and prices. The defaults suit a single process in production."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: bool = True
+    # A separate port serving only /metrics (any path answers); None: the app serves /metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "0.0.0.0"
+    # PROMETHEUS_MULTIPROC_DIR for several worker processes; the env var is honoured when unset.
+    multiprocess_dir: str | None = None
+    # How often each worker copies its statistics into the shared multiprocess files.
+    stats_interval: float = Field(default=5.0, gt=0, le=300)
+    # Distinct values one label may take before new values are reported as "other": label
+    # values come from config (agents, models, tools) but a bug must not explode the series.
+    max_label_values: int = Field(default=200, ge=1, le=100_000)
+
+    tracing: bool = False
+    service_name: str = "roost"
+
+    log_format: Literal["json", "console", "auto"] = "auto"  # auto: json unless a TTY
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    access_log: bool = True
+    # One info line per finished run (status, duration, tokens, cost).
+    run_log: bool = True
+
+    # Model name ("provider:model" or the bare model) -> price.
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)

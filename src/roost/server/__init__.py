@@ -1,0 +1,1 @@
+"""HTTP/SSE API on FastAPI: routes, problem+json errors, SSE, serving with graceful drain."""

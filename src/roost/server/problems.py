@@ -1,0 +1,89 @@
+"""Roost errors → RFC 9457 `application/problem+json`, in one place.
+
+    {"type": "urn:roost:problem:session_not_found", "title": "Not Found", "status": 404,
+     "detail": "no session 'ses_…'", "field": null}
+
+A rejected request never reaches the runtime's state: validation happens before any write.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from roost.errors import InvalidInput, Overloaded, RoostError
+
+log = logging.getLogger("roost.server")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(status: int, type_: str, detail: str, *, field: str | None = None,
+            errors: list[dict[str, Any]] | None = None, retry_after: float | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {
+        "type": f"urn:roost:problem:{type_}",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if field is not None:
+        body["field"] = field
+    if errors:
+        body["errors"] = errors
+    out_headers = dict(headers or {})
+    if retry_after is not None:
+        seconds = max(1, round(retry_after))
+        out_headers["Retry-After"] = str(seconds)
+        body["retry_after"] = seconds
+    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+                    headers=out_headers)
+
+
+def roost_error_response(exc: RoostError) -> Response:
+    retry_after = exc.retry_after if isinstance(exc, Overloaded) else exc.details.get("retry_after")
+    field = exc.field if isinstance(exc, InvalidInput) else None
+    return problem(exc.status, exc.type, exc.message, field=field, retry_after=retry_after)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:] if parts[0] == "body" else parts
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RoostError)
+    async def _roost(request: Request, exc: RoostError) -> Response:
+        if exc.status >= 500 and not isinstance(exc, Overloaded):
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return roost_error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"field": _location(e.get("loc", ())), "message": e.get("msg", "invalid"),
+                   "type": e.get("type", "invalid")} for e in exc.errors()]
+        if any(e["type"] == "json_invalid" for e in errors):
+            return problem(400, "malformed_json", "the request body is not valid JSON",
+                           field="body", errors=errors)
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        return problem(422, "invalid_input", f"{first['field']}: {first['message']}",
+                       field=first["field"], errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, type_, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "internal_error", "an internal error occurred; it has been logged")

@@ -1,0 +1,43 @@
+"""`/v1/admin`: what the runtime is doing, from its primitives' own statistics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from roost.server.respond import json_response, runtime_of
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+
+@router.get("/stats")
+async def stats(request: Request) -> Response:
+    runtime = runtime_of(request)
+    admission = runtime.admission.statistics()
+    limits = admission.limits
+    body: dict[str, Any] = {
+        "draining": runtime.draining,
+        "running": admission.running,
+        "queued": admission.queued,
+        "queued_by_tenant": dict(admission.queued_by_tenant),
+        "queued_by_priority": dict(admission.queued_by_priority),
+        "running_by_tenant": dict(admission.running_by_tenant),
+        "admitted": admission.admitted,
+        "rejected": dict(admission.rejected),
+        "limits": {
+            "max_running": limits.max_running,
+            "running_limit": admission.running_limit,
+            "adaptive_limit": admission.adaptive_limit,
+            "max_queued": limits.max_queued,
+            "default_quota": asdict(limits.default_quota),
+            "tenants": {name: asdict(q) for name, q in limits.tenants.items()},
+        },
+        "runs_active": len(runtime.runs),
+        "sessions_busy": len(runtime.lanes),
+        "cache": asdict(runtime.cache.statistics()),
+        "agents": {name: hosted.state for name, hosted in runtime.agents.items()},
+    }
+    return json_response(body)

@@ -1,0 +1,84 @@
+"""`/v1/sessions`: create, list, read, patch state (compare-and-set), delete, events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import Response
+
+from roost.errors import InvalidInput, PreconditionFailed, VersionConflict
+from roost.server.respond import json_response, runtime_of, tenant_of
+from roost.server.schemas import EventOut, SessionCreate, SessionOut, SessionPage, SessionPatch
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.post("/v1/agents/{name}/sessions", status_code=201, response_model=SessionOut)
+async def create_session(name: str, body: SessionCreate, request: Request) -> Response:
+    runtime = runtime_of(request)
+    _check_state_size(request, body.state)
+    session = await runtime.create_session(tenant_of(request), name, user_id=body.user_id,
+                                           state=body.state, metadata=body.metadata)
+    return json_response(session, status=201, headers={"Location": f"/v1/sessions/{session.id}"})
+
+
+@router.get("/v1/sessions", response_model=SessionPage)
+async def list_sessions(request: Request, agent: str | None = None, user_id: str | None = None,
+                        cursor: str | None = None,
+                        limit: int = Query(50, ge=1, le=1000)) -> Response:
+    runtime = runtime_of(request)
+    limit = min(limit, runtime.settings.server.max_list_limit)
+    page = await runtime.list_sessions(tenant_of(request), agent=agent, user_id=user_id,
+                                       cursor=cursor, limit=limit)
+    return json_response(page)
+
+
+@router.get("/v1/sessions/{session_id}", response_model=SessionOut)
+async def get_session(session_id: str, request: Request) -> Response:
+    session = await runtime_of(request).get_session(tenant_of(request), session_id)
+    return json_response(session, headers={"ETag": f'"{session.version}"'})
+
+
+@router.patch("/v1/sessions/{session_id}", response_model=SessionOut)
+async def patch_session(session_id: str, body: SessionPatch, request: Request,
+                        if_match: str | None = Header(None)) -> Response:
+    """Merge a state delta. `If-Match: <version>` makes it compare-and-set (412 on mismatch)."""
+    expected = None
+    if if_match is not None:
+        try:
+            expected = int(if_match.strip().strip('"').removeprefix("W/").strip('"'))
+        except ValueError:
+            raise InvalidInput("If-Match must be a session version number",
+                               field="If-Match") from None
+    _check_state_size(request, body.state)
+    try:
+        session = await runtime_of(request).patch_session(tenant_of(request), session_id,
+                                                          body.state, expected)
+    except VersionConflict as exc:
+        raise PreconditionFailed(f"the session is at version {exc.actual}, not {expected}",
+                                 version=exc.actual) from None
+    return json_response(session, headers={"ETag": f'"{session.version}"'})
+
+
+@router.delete("/v1/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: str, request: Request) -> Response:
+    await runtime_of(request).delete_session(tenant_of(request), session_id)
+    return Response(status_code=204)
+
+
+@router.get("/v1/sessions/{session_id}/events", response_model=dict[str, list[EventOut]])
+async def list_events(session_id: str, request: Request, after: int = Query(0, ge=0),
+                      limit: int = Query(100, ge=1, le=1000)) -> Response:
+    runtime = runtime_of(request)
+    tenant = tenant_of(request)
+    await runtime.get_session(tenant, session_id)  # 404 for an unknown session, not []
+    events = await runtime.store.read_events(tenant, session_id, after=after, limit=limit)
+    next_after = events[-1].seq if len(events) == limit else None
+    return json_response({"items": events, "next_after": next_after})
+
+
+def _check_state_size(request: Request, state: dict[str, object]) -> None:
+    import msgspec
+
+    limit = runtime_of(request).settings.sessions.max_state_bytes
+    if state and len(msgspec.json.encode(state)) > limit:
+        raise InvalidInput(f"state is larger than {limit} bytes", field="state")

@@ -1,0 +1,111 @@
+"""Request and response bodies at the HTTP boundary (Pydantic: validation and OpenAPI)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionCreate(_Body):
+    user_id: str | None = Field(None, max_length=256)
+    state: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionPatch(_Body):
+    """A shallow state delta: keys set to null are removed."""
+
+    state: dict[str, Any]
+
+
+class TurnCreate(_Body):
+    input: str = Field(..., min_length=1, description="the user's message")
+    stream: bool = False
+    timeout_s: float | None = Field(None, gt=0, le=86_400)
+    priority: Literal["interactive", "background"] = "interactive"
+
+    @field_validator("input")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class UsageOut(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cost: float
+
+
+class EventOut(BaseModel):
+    seq: int
+    type: str
+    run_id: str | None
+    data: dict[str, Any]
+    ts: float
+
+
+class SessionOut(BaseModel):
+    id: str
+    tenant: str
+    agent: str
+    user_id: str | None
+    state: dict[str, Any]
+    metadata: dict[str, Any]
+    version: int
+    last_seq: int
+    created_at: float
+    updated_at: float
+    expires_at: float | None
+
+
+class SessionPage(BaseModel):
+    items: list[SessionOut]
+    next_cursor: str | None
+
+
+class RunOut(BaseModel):
+    id: str
+    session_id: str
+    tenant: str
+    agent: str
+    status: str
+    input: str
+    output: str | None
+    deadline: float | None
+    attempt: int
+    usage: UsageOut
+    error: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+
+class TurnOut(BaseModel):
+    run_id: str
+    status: str
+    output: str | None
+    usage: UsageOut
+    error: dict[str, Any] | None
+    events: list[EventOut]
+
+
+class ToolOut(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class AgentOut(BaseModel):
+    name: str
+    description: str
+    model: str
+    state: str
+    tools: list[ToolOut]
+    limits: dict[str, Any]
+    policies: dict[str, Any]

@@ -1,0 +1,115 @@
+"""Server-sent events for a run: `id: <seq>`, `event: <type>`, `data: <json>`, heartbeats.
+
+The response is plain ASGI: one task writes frames (the only writer, so frames never
+interleave), another listens for the client going away; whichever finishes first cancels the
+other (starlette's StreamingResponse does the same). A reader that lags behind the run's
+buffer continues from the persisted log, then rejoins the live tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import msgspec
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from roost.runtime.bus import ChannelLagged
+from roost.runtime.runtime import RunHandle
+from roost.sessions.records import TERMINAL_STATUSES, Event
+from roost.sessions.store import Store
+
+_encode = msgspec.json.Encoder().encode
+HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+           (b"x-accel-buffering", b"no")]
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+
+
+def frame(event: Event) -> bytes:
+    head = f"id: {event.seq}\nevent: {event.type}\n".encode() if event.seq else (
+        f"event: {event.type}\n".encode())
+    payload = {"seq": event.seq, "type": event.type, "run_id": event.run_id, "data": event.data,
+               "ts": event.ts}
+    return head + b"data: " + _encode(payload) + b"\n\n"
+
+
+class RunEventStream(Response):
+    """ASGI response streaming one run's events until it ends or the client leaves.
+
+    `on_disconnect(handle)` is called when the client goes away before the run ended (the
+    agent's disconnect policy decides what it does)."""
+
+    def __init__(self, handle: RunHandle, store: Store, *, heartbeat_s: float,
+                 after_seq: int = 0, on_disconnect: Callable[[RunHandle], None] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        # A Response subclass so FastAPI passes it through untouched; the body is streamed.
+        self.status_code = 200
+        self.background = None
+        self.handle = handle
+        self.store = store
+        self.heartbeat_s = heartbeat_s
+        self.after_seq = after_seq
+        self.on_disconnect = on_disconnect
+        self.raw_headers = HEADERS + [(k.lower().encode(), v.encode())
+                                      for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self.raw_headers})
+        writer = asyncio.ensure_future(self._write(send))
+        listener = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(writer, listener, return_exceptions=True)
+        if listener in done and not self.handle.done.done() and self.on_disconnect:
+            self.on_disconnect(self.handle)
+        if writer in done and not writer.cancelled() and writer.exception() is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> None:
+        after = self.after_seq
+        run = self.handle.run
+        while True:
+            try:
+                async for event in self.handle.channel.follow(after_seq=after,
+                                                              idle_s=self.heartbeat_s):
+                    if event is None:
+                        await send({"type": "http.response.body", "body": b": heartbeat\n\n",
+                                    "more_body": True})
+                        continue
+                    await send({"type": "http.response.body", "body": frame(event),
+                                "more_body": True})
+                    if event.seq:
+                        after = event.seq
+                    if event.type in TERMINAL_EVENTS and event.run_id == run.id:
+                        return
+                return
+            except ChannelLagged as lag:
+                # Too slow for the live buffer: replay the log, then rejoin the tail.
+                after = lag.last_seq
+                while True:
+                    events = await self.store.read_events(run.tenant, run.session_id,
+                                                          after=after, limit=500)
+                    for event in events:
+                        after = event.seq
+                        if event.run_id == run.id:
+                            await send({"type": "http.response.body", "body": frame(event),
+                                        "more_body": True})
+                    if len(events) < 500:
+                        break
+                if run.status in TERMINAL_STATUSES and self.handle.done.done():
+                    return
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,659 @@
+"""The PostgreSQL session store: many Roost processes sharing one database.
+
+    >>> store = PostgresStore("postgresql://roost@db:5432/roost", schema="roost")
+    >>> await store.open()      # creates the pool and applies pending migrations
+
+Layout (see `migrations/0001_initial.sql`): `sessions`, `events`, `runs` and `leases` tables in
+one schema, every statement fully qualified with it (no reliance on `search_path`, so it also
+works behind PgBouncer in transaction mode). JSON columns are `jsonb`, encoded and decoded by
+msgspec in asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
+
+Concurrency: `append` is one statement (update-with-version-check, insert events from unnested
+arrays, upsert the run, in CTEs), so a step costs one round trip and is atomic by construction.
+Two clocks are in play, deliberately:
+
+* session and run timestamps (`created_at`, `expires_at`, the `now` given to
+  `expire_sessions`) are the caller's, as the records carry them;
+* leases use the *database* clock (`clock_timestamp()`): processes with skewed clocks still
+  agree on who holds a lease, because only one clock decides.
+
+Outages: every driver error that means "cannot reach the database" (refused, reset, closed
+mid-query, connect/acquire/command timeout, too many connections, shutting down) becomes
+`StoreUnavailable` within `connect_timeout_s` / `command_timeout_s`. Nothing is cached about a
+dead connection: asyncpg's pool replaces broken connections on the next acquire, so the store
+recovers on its own when the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from roost.errors import (
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    RunNotFound,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+from roost.sessions import codec
+from roost.sessions.migrate import DEFAULT_SCHEMA, apply_migrations, postgres_errors, quote_ident
+from roost.sessions.records import Event, Page, RunRecord, Session, Usage
+
+__all__ = ["PostgresStore"]
+
+_json_decode = msgspec.json.Decoder().decode
+
+# jsonb's binary wire format is a version byte (1) followed by the JSON text.
+_JSONB_VERSION = b"\x01"
+
+
+def _encode_jsonb(value: bytes) -> bytes:
+    # Values arrive already encoded by `codec.encode` (see `_json`), so that a value JSON
+    # cannot hold fails as `InvalidInput` before the query, as on every backend.
+    return _JSONB_VERSION + value
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return _json_decode(memoryview(data)[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+_json = codec.encode
+
+
+_SESSION_COLUMNS = (
+    "id, agent, user_id, state, metadata, version, last_seq, created_at, updated_at, expires_at"
+)
+_EVENT_COLUMNS = "seq, type, run_id, data, ts"
+_RUN_COLUMNS = (
+    "id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
+    " created_at, updated_at"
+)
+
+
+def _session(tenant: str, row: asyncpg.Record) -> Session:
+    return Session(
+        id=row[0],
+        tenant=tenant,
+        agent=row[1],
+        user_id=row[2],
+        state=row[3],
+        metadata=row[4],
+        version=row[5],
+        last_seq=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+        expires_at=row[9],
+    )
+
+
+def _event(row: asyncpg.Record) -> Event:
+    return Event(seq=row[0], type=row[1], run_id=row[2], data=row[3], ts=row[4])
+
+
+def _run(tenant: str, row: asyncpg.Record) -> RunRecord:
+    return RunRecord(
+        id=row[0],
+        session_id=row[1],
+        tenant=tenant,
+        agent=row[2],
+        status=row[3],
+        input=row[4],
+        output=row[5],
+        deadline=row[6],
+        attempt=row[7],
+        usage=msgspec.convert(row[8], Usage),
+        error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+    )
+
+
+def _run_params(run: RunRecord) -> tuple[Any, ...]:
+    return (
+        run.id,
+        run.session_id,
+        run.agent,
+        run.status,
+        run.input,
+        run.output,
+        run.deadline,
+        run.attempt,
+        _json(run.usage),
+        None if run.error is None else _json(run.error),
+        run.created_at,
+        run.updated_at,
+    )
+
+
+class _Queries:
+    """Every statement, built once per schema (asyncpg caches the prepared plans by text)."""
+
+    def __init__(self, schema: str) -> None:
+        s = quote_ident(schema)
+        self.schema = s
+        self.get_session = (
+            f"SELECT {_SESSION_COLUMNS} FROM {s}.sessions WHERE tenant = $1 AND id = $2"
+        )
+        self.get_version = f"SELECT version FROM {s}.sessions WHERE tenant = $1 AND id = $2"
+        self.session_exists = f"SELECT 1 FROM {s}.sessions WHERE tenant = $1 AND id = $2"
+        self.create_session = (
+            f"INSERT INTO {s}.sessions (tenant, {_SESSION_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        )
+        self.delete_session = f"DELETE FROM {s}.sessions WHERE tenant = $1 AND id = $2 RETURNING 1"
+        # Runs after the session row is gone (its own statement, so its snapshot includes any
+        # append that committed while we waited for the session's row lock).
+        self.delete_children = (
+            f"WITH e AS (DELETE FROM {s}.events WHERE tenant = $1 AND session_id = $2),"
+            f" r AS (DELETE FROM {s}.runs WHERE tenant = $1 AND session_id = $2)"
+            f" DELETE FROM {s}.leases WHERE tenant = $1 AND session_id = $2"
+        )
+        patch = (
+            f"UPDATE {s}.sessions SET state = (state || $3) - $4::text[],"
+            " version = version + 1, updated_at = $5 WHERE tenant = $1 AND id = $2"
+        )
+        self.patch_any = f"{patch} RETURNING {_SESSION_COLUMNS}"
+        self.patch_cas = f"{patch} AND version = $6 RETURNING {_SESSION_COLUMNS}"
+        # The whole append in one statement: CTEs share one snapshot and commit together, and
+        # the event and run inserts select FROM the update, so a lost compare-and-set writes
+        # nothing at all.
+        append = (
+            f"WITH s AS (UPDATE {s}.sessions"
+            " SET version = version + 1, last_seq = last_seq + $4, updated_at = $5"
+            " WHERE tenant = $1 AND id = $2 AND version = $3 RETURNING version, last_seq),"
+            f" e AS (INSERT INTO {s}.events (tenant, session_id, seq, type, run_id, data, ts)"
+            " SELECT $1, $2, s.last_seq - $4 + u.ord, u.type, u.run_id, u.data, u.ts FROM s,"
+            " unnest($6::text[], $7::text[], $8::jsonb[], $9::float8[])"
+            " WITH ORDINALITY AS u(type, run_id, data, ts, ord))"
+        )
+        self.append = f"{append} SELECT version, last_seq FROM s"
+        self.append_with_run = (
+            f"{append}, r AS (INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
+            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 FROM s"
+            f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})"
+            " SELECT version, last_seq FROM s"
+        )
+        self.read_events = (
+            f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE tenant = $1 AND session_id = $2"
+            " AND seq > $3 ORDER BY seq LIMIT $4"
+        )
+        self.tail_events = (
+            f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE tenant = $1 AND session_id = $2"
+            " ORDER BY seq DESC LIMIT $3"
+        )
+        # A run (and a lease) needs its session. FOR KEY SHARE holds off a concurrent
+        # delete_session until we commit (or makes us see its delete), so neither is orphaned.
+        self.put_run = (
+            f"INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
+            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
+            f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
+            "  WHERE tenant = $1 AND id = $3 FOR KEY SHARE)"
+            f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()} RETURNING 1"
+        )
+        self.get_run = f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE tenant = $1 AND id = $2"
+        # A lease row is taken over when it is ours already or has expired, on the database
+        # clock. ON CONFLICT ... WHERE makes the check and the write one atomic step.
+        self.acquire_lease = (
+            f"INSERT INTO {s}.leases AS l (tenant, session_id, owner, expires_at)"
+            " SELECT $1, $2, $3, extract(epoch FROM clock_timestamp()) + $4"
+            f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
+            "  WHERE tenant = $1 AND id = $2 FOR KEY SHARE)"
+            " ON CONFLICT (tenant, session_id) DO UPDATE"
+            " SET owner = excluded.owner, expires_at = excluded.expires_at"
+            " WHERE l.owner = excluded.owner"
+            " OR l.expires_at <= extract(epoch FROM clock_timestamp())"
+            " RETURNING 1"
+        )
+        self.release_lease = (
+            f"DELETE FROM {s}.leases WHERE tenant = $1 AND session_id = $2 AND owner = $3"
+        )
+        # SKIP LOCKED: a session being appended to right now is swept next time rather than
+        # stalling the sweep, and concurrent sweepers never count a session twice.
+        self.expire_batch = (
+            f"DELETE FROM {s}.sessions WHERE (tenant, id) IN"
+            f" (SELECT tenant, id FROM {s}.sessions WHERE expires_at <= $1"
+            "  ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            " RETURNING tenant, id"
+        )
+        doomed = "unnest($1::text[], $2::text[]) AS d(tenant, id)"
+        self.expire_children = (
+            f"WITH e AS (DELETE FROM {s}.events x USING {doomed}"
+            "  WHERE x.tenant = d.tenant AND x.session_id = d.id),"
+            f" r AS (DELETE FROM {s}.runs x USING {doomed}"
+            "  WHERE x.tenant = d.tenant AND x.session_id = d.id)"
+            f" DELETE FROM {s}.leases x USING {doomed}"
+            " WHERE x.tenant = d.tenant AND x.session_id = d.id"
+        )
+        self.drop_schema = f"DROP SCHEMA IF EXISTS {s} CASCADE"
+        self._listings: dict[tuple[bool, bool, bool], str] = {}
+        self._run_listings: dict[tuple[bool, bool], str] = {}
+
+    def list_sessions(self, by_agent: bool, by_user: bool, after: bool) -> str:
+        key = (by_agent, by_user, after)
+        query = self._listings.get(key)
+        if query is None:
+            # Only the filters in use appear in the SQL: "$n IS NULL OR col = $n" would stop
+            # the planner from picking the matching (tenant, agent|user_id, created_at, id) index.
+            where, n = ["tenant = $1"], 1
+            if by_agent:
+                n += 1
+                where.append(f"agent = ${n}")
+            if by_user:
+                n += 1
+                where.append(f"user_id = ${n}")
+            if after:
+                where.append(f"(created_at, id) < (${n + 1}, ${n + 2})")
+                n += 2
+            query = (
+                f"SELECT {_SESSION_COLUMNS} FROM {self.schema}.sessions"
+                f" WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT ${n + 1}"
+            )
+            self._listings[key] = query
+        return query
+
+    def list_runs(self, by_session: bool, by_status: bool) -> str:
+        key = (by_session, by_status)
+        query = self._run_listings.get(key)
+        if query is None:
+            where, n = ["tenant = $1"], 1
+            if by_session:
+                n += 1
+                where.append(f"session_id = ${n}")
+            if by_status:
+                n += 1
+                where.append(f"status = ${n}")
+            query = (
+                f"SELECT {_RUN_COLUMNS} FROM {self.schema}.runs WHERE {' AND '.join(where)}"
+                f" ORDER BY created_at DESC, id DESC LIMIT ${n + 1}"
+            )
+            self._run_listings[key] = query
+        return query
+
+
+def _run_updates() -> str:
+    columns = [c.strip() for c in _RUN_COLUMNS.split(",") if c.strip() != "id"]
+    return ", ".join(f"{c} = excluded.{c}" for c in columns)
+
+
+# A graceful pool close can time out or fail on connections that are already broken.
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+
+
+class PostgresStore:
+    """A `Store` on PostgreSQL through an asyncpg pool.
+
+    `schema` holds every table (default `public`); `drop_schema_on_close` drops it on `close()`
+    (for tests). With `migrate_on_open` (the default) `open()` applies pending migrations;
+    turn it off when `roost migrate` runs as a deploy step instead.
+    """
+
+    backend = "postgres"
+
+    #: sessions deleted per transaction by `expire_sessions`
+    expire_batch_size = 500
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        drop_schema_on_close: bool = False,
+        min_pool: int = 1,
+        max_pool: int = 10,
+        command_timeout_s: float = 5.0,
+        connect_timeout_s: float = 3.0,
+        migrate_on_open: bool = True,
+    ) -> None:
+        problems = []
+        if not 0 <= min_pool <= max_pool or max_pool < 1:
+            problems.append(
+                (
+                    "store.max_pool",
+                    f"need 0 <= min_pool <= max_pool, >= 1; got {min_pool}, {max_pool}",
+                )
+            )
+        if command_timeout_s <= 0:
+            problems.append(("store.command_timeout_s", "must be > 0"))
+        if connect_timeout_s <= 0:
+            problems.append(("store.connect_timeout_s", "must be > 0"))
+        if drop_schema_on_close and (schema or DEFAULT_SCHEMA) == DEFAULT_SCHEMA:
+            problems.append(("store.schema", "refusing to drop the public schema on close"))
+        if problems:
+            raise ConfigError("invalid postgres store options", problems)
+        self._url = url
+        self._schema = schema or DEFAULT_SCHEMA
+        self._sql = _Queries(self._schema)
+        self._drop_schema_on_close = drop_schema_on_close
+        self._min_pool = min_pool
+        self._max_pool = max_pool
+        self._command_timeout = command_timeout_s
+        self._connect_timeout = connect_timeout_s
+        self._migrate_on_open = migrate_on_open
+        self._pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+
+    # -- lifecycle --------------------------------------------------------------
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            with postgres_errors("open"):
+                pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=self._min_pool,
+                    max_size=self._max_pool,
+                    command_timeout=self._command_timeout,
+                    timeout=self._connect_timeout,  # per connection attempt
+                    init=_init_connection,
+                    # Idle connections are recycled so a pool does not pin server slots forever.
+                    max_inactive_connection_lifetime=300.0,
+                )
+            try:
+                if self._migrate_on_open:
+                    with postgres_errors("migrate"):
+                        async with pool.acquire(timeout=self._connect_timeout) as conn:
+                            await apply_migrations(conn, self._schema)
+            except BaseException:
+                pool.terminate()
+                raise
+            self._pool = pool
+
+    async def close(self) -> None:
+        async with self._open_lock:
+            pool, self._pool = self._pool, None
+            if pool is None:
+                return
+            try:
+                if self._drop_schema_on_close:
+                    with postgres_errors("drop schema"):
+                        async with pool.acquire(timeout=self._connect_timeout) as conn:
+                            await conn.execute(self._sql.drop_schema)
+            finally:
+                try:
+                    # A graceful close waits for connections in use; do not let one hang us.
+                    await asyncio.wait_for(pool.close(), timeout=self._command_timeout)
+                except _CLOSE_ERRORS:
+                    pool.terminate()
+
+    async def ping(self) -> None:
+        async with self._connection("ping") as conn:
+            await conn.fetchval("SELECT 1")
+
+    @asynccontextmanager
+    async def _connection(self, what: str) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("postgres store is not open")
+        with postgres_errors(what):
+            # The acquire timeout bounds both waiting for a free connection and reconnecting
+            # a broken one, so an outage surfaces in connect_timeout_s, not at TCP's leisure.
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                yield conn
+
+    # -- sessions ---------------------------------------------------------------
+    async def create_session(self, session: Session) -> Session:
+        async with self._connection("create_session") as conn:
+            try:
+                await conn.execute(
+                    self._sql.create_session,
+                    session.tenant,
+                    session.id,
+                    session.agent,
+                    session.user_id,
+                    _json(session.state),
+                    _json(session.metadata),
+                    session.version,
+                    session.last_seq,
+                    session.created_at,
+                    session.updated_at,
+                    session.expires_at,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise Conflict(f"session {session.id} already exists") from exc
+        return session
+
+    async def get_session(self, tenant: str, session_id: str) -> Session:
+        async with self._connection("get_session") as conn:
+            row = await conn.fetchrow(self._sql.get_session, tenant, session_id)
+        if row is None:
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+        return _session(tenant, row)
+
+    async def list_sessions(
+        self,
+        tenant: str,
+        *,
+        agent: str | None = None,
+        user_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        _check_limit(limit, minimum=1)
+        args: list[Any] = [tenant]
+        if agent is not None:
+            args.append(agent)
+        if user_id is not None:
+            args.append(user_id)
+        if cursor is not None:
+            args.extend(codec.decode_cursor(cursor))
+        args.append(limit + 1)  # one more tells whether there is a next page
+        query = self._sql.list_sessions(agent is not None, user_id is not None, cursor is not None)
+        async with self._connection("list_sessions") as conn:
+            rows = await conn.fetch(query, *args)
+        items = [_session(tenant, row) for row in rows[:limit]]
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = codec.encode_cursor(last.created_at, last.id)
+        return Page(items=items, next_cursor=next_cursor)
+
+    async def delete_session(self, tenant: str, session_id: str) -> bool:
+        async with self._connection("delete_session") as conn, conn.transaction():
+            existed = await conn.fetchval(self._sql.delete_session, tenant, session_id)
+            await conn.execute(self._sql.delete_children, tenant, session_id)
+        return existed is not None
+
+    async def patch_state(
+        self,
+        tenant: str,
+        session_id: str,
+        delta: dict[str, Any],
+        expected_version: int | None = None,
+    ) -> Session:
+        merge = {k: v for k, v in delta.items() if v is not None}
+        remove = [k for k, v in delta.items() if v is None]
+        args: list[Any] = [tenant, session_id, _json(merge), remove, time.time()]
+        query = self._sql.patch_any
+        if expected_version is not None:
+            query = self._sql.patch_cas
+            args.append(expected_version)
+        actual = None
+        async with self._connection("patch_state") as conn:
+            row = await conn.fetchrow(query, *args)
+            if row is None:
+                actual = await conn.fetchval(self._sql.get_version, tenant, session_id)
+        if row is not None:
+            return _session(tenant, row)
+        if actual is None:
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+        raise VersionConflict(session_id, expected_version or 0, actual)
+
+    # -- the event log ----------------------------------------------------------
+    async def append(
+        self,
+        tenant: str,
+        session_id: str,
+        events: list[Event],
+        expected_version: int,
+        run: RunRecord | None = None,
+    ) -> int:
+        args: list[Any] = [
+            tenant,
+            session_id,
+            expected_version,
+            len(events),
+            time.time(),
+            [e.type for e in events],
+            [e.run_id for e in events],
+            [_json(e.data) for e in events],
+            [e.ts for e in events],
+        ]
+        query = self._sql.append
+        if run is not None:
+            if run.tenant != tenant or run.session_id != session_id:
+                raise InvalidInput(
+                    f"run {run.id} belongs to {run.tenant}/{run.session_id}, "
+                    f"not {tenant}/{session_id}",
+                    field="run",
+                )
+            query = self._sql.append_with_run
+            args.extend(_run_params(run))
+        actual = None
+        async with self._connection("append") as conn:
+            row = await conn.fetchrow(query, *args)
+            if row is None:
+                actual = await conn.fetchval(self._sql.get_version, tenant, session_id)
+        if row is None:
+            if actual is None:
+                raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+            raise VersionConflict(session_id, expected_version, actual)
+        version, last_seq = row
+        first = last_seq - len(events)
+        for i, event in enumerate(events, 1):
+            event.seq = first + i
+        return int(version)
+
+    async def read_events(
+        self, tenant: str, session_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        if limit == 0:
+            await self._require_session(tenant, session_id)
+            return []
+        async with self._connection("read_events") as conn:
+            rows = await conn.fetch(self._sql.read_events, tenant, session_id, after, limit)
+            if not rows:
+                await self._require_session(tenant, session_id, conn)
+        return [_event(row) for row in rows]
+
+    async def tail_events(self, tenant: str, session_id: str, limit: int) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        if limit == 0:
+            await self._require_session(tenant, session_id)
+            return []
+        async with self._connection("tail_events") as conn:
+            rows = await conn.fetch(self._sql.tail_events, tenant, session_id, limit)
+            if not rows:
+                await self._require_session(tenant, session_id, conn)
+        return [_event(row) for row in reversed(rows)]
+
+    async def _require_session(
+        self, tenant: str, session_id: str, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Raise `SessionNotFound` unless the session exists.
+
+        Reads call it only when they found nothing: an unknown session is a 404, an empty
+        log is not, and the common case stays one round trip.
+        """
+        if conn is None:
+            async with self._connection("session_exists") as conn:
+                found = await conn.fetchval(self._sql.session_exists, tenant, session_id)
+        else:
+            found = await conn.fetchval(self._sql.session_exists, tenant, session_id)
+        if found is None:
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+
+    # -- runs -------------------------------------------------------------------
+    async def put_run(self, run: RunRecord) -> None:
+        async with self._connection("put_run") as conn:
+            done = await conn.fetchval(self._sql.put_run, run.tenant, *_run_params(run))
+        if done is None:
+            raise SessionNotFound(
+                f"run {run.id}: session {run.session_id} not found", session_id=run.session_id
+            )
+
+    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
+        async with self._connection("get_run") as conn:
+            row = await conn.fetchrow(self._sql.get_run, tenant, run_id)
+        if row is None:
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        return _run(tenant, row)
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        session_id: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[RunRecord]:
+        _check_limit(limit, minimum=1)
+        args: list[Any] = [tenant]
+        if session_id is not None:
+            args.append(session_id)
+        if status is not None:
+            args.append(status)
+        args.append(limit)
+        query = self._sql.list_runs(session_id is not None, status is not None)
+        async with self._connection("list_runs") as conn:
+            rows = await conn.fetch(query, *args)
+        return [_run(tenant, row) for row in rows]
+
+    # -- leases -----------------------------------------------------------------
+    async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
+        if not ttl_s > 0:
+            raise InvalidInput("lease ttl_s must be positive", field="ttl_s")
+        async with self._connection("acquire_lease") as conn:
+            got = await conn.fetchval(self._sql.acquire_lease, tenant, session_id, owner, ttl_s)
+            if got is None:
+                await self._require_session(tenant, session_id, conn)
+        return got is not None
+
+    async def release_lease(self, tenant: str, session_id: str, owner: str) -> None:
+        async with self._connection("release_lease") as conn:
+            await conn.execute(self._sql.release_lease, tenant, session_id, owner)
+
+    # -- maintenance ------------------------------------------------------------
+    async def expire_sessions(self, now: float) -> int:
+        total = 0
+        while True:
+            # One short transaction per batch: a sweep of a million sessions never holds
+            # locks on all of them at once.
+            async with self._connection("expire_sessions") as conn, conn.transaction():
+                rows = await conn.fetch(self._sql.expire_batch, now, self.expire_batch_size)
+                if rows:
+                    await conn.execute(
+                        self._sql.expire_children, [r[0] for r in rows], [r[1] for r in rows]
+                    )
+            total += len(rows)
+            if len(rows) < self.expire_batch_size:
+                return total
+
+
+def _check_limit(limit: int, *, minimum: int) -> None:
+    if limit < minimum:
+        raise InvalidInput(f"limit must be at least {minimum}", field="limit")
