@@ -307,8 +307,9 @@ def test_server_full_is_a_503_with_an_estimated_retry_after() -> None:
     queued.release()
     controller.reserve("g")
     controller.reserve("h")
-    with pytest.raises(Overloaded) as err:
+    with pytest.raises(ServerOverloaded) as err:
         controller.reserve("i")
+    assert isinstance(err.value, Overloaded)
     assert err.value.retry_after == 30.0  # clamped
     assert controller.statistics().rejected["server_full"] == 3
     del fill
@@ -527,7 +528,7 @@ def test_update_limits_dispatches_and_leaves_running_work_alone() -> None:
     controller = make(max_running=2, tenants={"a": TenantQuota(max_running=1)})
     running = [controller.reserve("a"), controller.reserve("b")]
     queued = [controller.reserve("a"), controller.reserve("b"), controller.reserve("c")]
-    controller.update_limits(AdmissionLimits(max_running=4, max_queued=100))
+    controller.update_limits(AdmissionLimits(max_running=5, max_queued=100))
     # More room, and "a" lost its quota: everything queued runs.
     assert all(s.running for s in queued)
     controller.update_limits(AdmissionLimits(max_running=1, max_queued=0))
@@ -559,7 +560,7 @@ def test_update_limits_reconfigures_rate_buckets() -> None:
             max_running=100, max_queued=10, default_quota=TenantQuota(rate=100.0, burst=5)
         )
     )
-    clock.advance(0.01)
+    clock.advance(0.015)
     slot.release()
     controller.reserve("a").release()  # refilled at the new rate
 
@@ -667,14 +668,15 @@ def test_statistics_report_every_reason() -> None:
 
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("reserve"), st.integers(0, 3), st.sampled_from([0, 1, 2])),
-        st.tuples(st.just("acquire"), st.integers(0, 63), st.just(0)),
-        st.tuples(st.just("cancel"), st.integers(0, 63), st.just(0)),
-        st.tuples(st.just("release"), st.integers(0, 63), st.just(0)),
+        st.tuples(st.just("reserve"), st.integers(0, 3), st.sampled_from([0, 0, 1, 2])),
+        st.tuples(st.just("acquire"), st.integers(0, 7), st.just(0)),
+        st.tuples(st.just("cancel"), st.integers(0, 7), st.just(0)),
+        st.tuples(st.just("release"), st.integers(0, 7), st.booleans().map(int)),
         st.tuples(st.just("step"), st.integers(1, 3), st.just(0)),
         st.tuples(st.just("advance"), st.integers(1, 3), st.just(0)),
     ),
-    max_size=80,
+    min_size=20,
+    max_size=100,
 )
 
 
@@ -727,15 +729,21 @@ async def scenario(ops: list[tuple[str, int, int]]) -> None:
                 )
             except (Overloaded, RunTimeout):
                 rejected_at_reserve += 1
-        elif op == "acquire" and slots:
-            i = a % len(slots)
-            if i not in tasks:
+        elif op == "acquire":
+            # Pick among slots nobody awaits yet, so most draws do something.
+            free = [i for i, s in enumerate(slots) if i not in tasks and s.state == "queued"]
+            if free:
+                i = free[a % len(free)]
                 tasks[i] = asyncio.create_task(slots[i].acquire())
-        elif op == "cancel" and tasks:
-            keys = sorted(tasks)
-            tasks[keys[a % len(keys)]].cancel()
+        elif op == "cancel":
+            live = [task for task in tasks.values() if not task.done()]
+            if live:
+                live[a % len(live)].cancel()
         elif op == "release" and slots:
-            slots[a % len(slots)].release(latency_s=0.1)
+            # Mostly a running slot (a run ending); sometimes any slot (abandon, twice).
+            pool = [s for s in slots if s.running] if b else slots
+            if pool:
+                pool[a % len(pool)].release(latency_s=0.1)
         elif op == "step":
             for _ in range(a):
                 await asyncio.sleep(0)

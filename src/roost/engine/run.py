@@ -10,6 +10,7 @@ terminal status and a `run.failed` / `run.cancelled` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,14 +160,17 @@ class Runner:
         response: ModelResponse | None = None
         first = True
         try:
-            async for item in ctx.model.stream(request):
-                if isinstance(item, TextDelta):
-                    if first:
-                        ctx.hooks.model_first_token(token)
-                        first = False
-                    ctx.emit(Event(type="message.delta", run_id=ctx.run.id, data={"text": item.text}))
-                else:
-                    response = item
+            # aclosing: a run stopped mid-stream frees the provider's connection at once.
+            async with contextlib.aclosing(ctx.model.stream(request)) as stream:
+                async for item in stream:
+                    if isinstance(item, TextDelta):
+                        if first:
+                            ctx.hooks.model_first_token(token)
+                            first = False
+                        ctx.emit(Event(type="message.delta", run_id=ctx.run.id,
+                                       data={"text": item.text}))
+                    else:
+                        response = item
             if response is None:
                 raise ModelError(f"{ctx.model.name}: the stream ended without a response",
                                  kind="malformed")

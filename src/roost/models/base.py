@@ -12,7 +12,7 @@ fallback, rate limit, router) take a `Model` and are one. The engine only sees t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -75,11 +75,12 @@ class Model(Protocol):
     #: "provider:model", e.g. "openai:gpt-4o-mini", "demo"
     name: str
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield zero or more `TextDelta`, then exactly one `ModelResponse`.
 
         Raises `ModelError` (never a driver exception). Must honour `request.deadline` and
-        cancellation: a cancelled consumer closes the upstream connection.
+        cancellation: a cancelled consumer closes the upstream connection. An async generator,
+        so a consumer that stops early can `aclose()` it and free the connection at once.
         """
         ...
 

@@ -9,7 +9,7 @@ model: it picks tools by word overlap and fills arguments by type.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -47,7 +47,7 @@ class DemoModel:
     def __init__(self, *, max_tools_per_turn: int = 2) -> None:
         self.max_tools_per_turn = max_tools_per_turn
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         response = self.respond(request)
         if request.stream and response.message.content:
             for piece in re.findall(r"\S+\s*", response.message.content):

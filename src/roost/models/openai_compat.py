@@ -14,7 +14,7 @@ Everything that can go wrong becomes a `ModelError`:
 
     HTTP 429, 5xx, 408, 409       retryable, `retry_after` from Retry-After / retry-after-ms
     other HTTP 4xx                not retryable; a context overflow says
-                                  "context_length_exceeded" and sets details["kind"]
+                                  "context_length_exceeded", kind "context_overflow"
     connection refused / reset,   retryable
     truncated or malformed body
     timeout before the deadline   retryable
@@ -28,7 +28,8 @@ import email.utils
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from typing import Any, Final
 
 import aiohttp
@@ -401,6 +402,7 @@ class OpenAICompatModel:
                 f"{self.name}: deadline passed before the call started",
                 retryable=False,
                 provider=self.provider,
+                kind="deadline",
             )
         return aiohttp.ClientTimeout(
             total=remaining,
@@ -411,8 +413,13 @@ class OpenAICompatModel:
             ceil_threshold=math.inf,
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
-        """Yield `TextDelta`s (streamed requests only), then one `ModelResponse`."""
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
+        """Yield `TextDelta`s (streamed requests only), then one `ModelResponse`.
+
+        A consumer that stops early should `aclose()` the generator (or use
+        `contextlib.aclosing`): that closes the HTTP response at once instead of at garbage
+        collection. Cancellation closes it too.
+        """
         loop = asyncio.get_running_loop()
         timeout = self._timeout(request, loop)
         session = await self._session_for(loop)
@@ -436,29 +443,36 @@ class OpenAICompatModel:
         except Exception as exc:
             raise self._transport_error(exc, request, loop) from exc
 
-        finished = False
+        # A fully read body returns the connection to the pool, before the final item is
+        # handed over (the consumer may stop right there); anything else (an error, the
+        # consumer cancelled or walked away mid-stream) closes it: its unread rest is garbage.
+        released = False
         try:
             if response.status >= 300:
                 raise await self._http_error(response)
             if request.stream:
-                async for item in self._read_stream(response):
-                    yield item
+                async with aclosing(self._read_stream(response)) as items:
+                    async for item in items:
+                        if isinstance(item, ModelResponse):
+                            response.release()
+                            released = True
+                        yield item
             else:
-                yield self._parse_completion(await response.read())
-            finished = True
+                result = self._parse_completion(await response.read())
+                response.release()
+                released = True
+                yield result
         except ModelError:
             raise
         except Exception as exc:
             raise self._transport_error(exc, request, loop) from exc
         finally:
-            # A clean end returns the connection to the pool; anything else (an error, the
-            # consumer cancelled or walked away) closes it: its unread rest is garbage.
-            if finished:
-                response.release()
-            else:
+            if not released:
                 response.close()
 
-    async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamItem]:
+    async def _read_stream(
+        self, response: aiohttp.ClientResponse
+    ) -> AsyncGenerator[StreamItem, None]:
         parser = _SSEParser()
         text_parts: list[str] = []
         # index -> [id, name, argument fragments], in the order calls first appear
@@ -563,6 +577,7 @@ class OpenAICompatModel:
         status_code: int | None = None,
         retryable: bool,
         retry_after: float | None = None,
+        kind: str | None = None,
     ) -> ModelError:
         return ModelError(
             f"{self.name}: {message}",
@@ -570,6 +585,7 @@ class OpenAICompatModel:
             retryable=retryable,
             retry_after=retry_after,
             provider=self.provider,
+            kind=kind or _kind_of(status_code),
         )
 
     def _body_error(self, error: _WireError | str) -> ModelError:
@@ -607,7 +623,7 @@ class OpenAICompatModel:
         if code is not None:
             error.details["code"] = code
         if overflow:
-            error.details["kind"] = "context_overflow"
+            error.kind = "context_overflow"
         return error
 
     def _transport_error(
@@ -618,15 +634,31 @@ class OpenAICompatModel:
         if isinstance(exc, TimeoutError):
             deadline = request.deadline
             if deadline is not None and loop.time() >= deadline - _DEADLINE_SLACK_S:
-                return self._error("deadline exceeded", retryable=False)
-            return self._error(f"timed out ({type(exc).__name__})", retryable=True)
+                return self._error("deadline exceeded", retryable=False, kind="deadline")
+            return self._error(f"timed out ({type(exc).__name__})", retryable=True, kind="timeout")
         if isinstance(exc, aiohttp.InvalidURL):
             return self._error(f"invalid URL {self._url}", retryable=False)
         if isinstance(exc, aiohttp.ClientPayloadError):
-            return self._error(f"response body cut short: {exc}", retryable=True)
+            return self._error(f"response body cut short: {exc}", retryable=True, kind="connection")
         if isinstance(exc, aiohttp.ClientError | OSError):
-            return self._error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True)
+            return self._error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True,
+                               kind="connection")
         return self._error(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
+
+
+def _kind_of(status: int | None) -> str:
+    """What an HTTP status means to the wrappers (see `ModelError.kind`)."""
+    if status is None:
+        return "malformed"
+    if status == 429:
+        return "rate_limited"
+    if status in (401, 403):
+        return "auth"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "overloaded"
+    return "bad_request"
 
 
 def _merge_tool_calls(

@@ -86,9 +86,9 @@ _SECRET_RE = re.compile(
     # the value may itself be "Bearer xyz".
     r"(?P<kv>\b(?:x[_-]api[_-]key|api[_-]?key|password|passwd|secret|client[_-]secret"
     r"|access[_-]token|refresh[_-]token|token|authorization)[\"']?\s*[:=]\s*[\"']?)"
-    r"(?:(?:bearer|basic|token)\s+)?[^\s\"'&,;}\]]+"
+    r"(?!\[REDACTED\])(?:(?:bearer|basic|token)\s+)?(?!\[REDACTED\])[^\s\"'&,;}\]]+"
     r"|(?P<scheme>\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=\-]{6,}"
-    r"|(?P<url>://[^/\s:@]+:)[^@\s/]+@"
+    r"|(?P<url>://[^/\s:@]+:)(?!\[REDACTED\])[^@\s/]+@"
     # Well-known key shapes: OpenAI/Anthropic, AWS, GitHub, Slack, Google.
     r"|\bsk-[A-Za-z0-9_\-]{8,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{20,}"
     r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}|\bAIza[0-9A-Za-z_\-]{35}",
@@ -170,14 +170,10 @@ def _dumps(obj: Any, **_kw: Any) -> str:
     return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _plain_traceback(sio: IO[str], exc_info: Any) -> None:
-    # Never rich's pretty traceback: it prints local variables, secrets included.
-    sio.write("\n" + str(exc_info))
-
-
 # -- configuration ----------------------------------------------------------------------------
 
 _installed: logging.Handler | None = None
+_previous_level: int | None = None
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
 
@@ -196,7 +192,7 @@ def configure_logging(
     uvicorn's access logger is quieted so requests are not logged twice (run uvicorn with
     `log_config=None` so it leaves the loggers to us).
     """
-    global _installed
+    global _installed, _previous_level
     out = stream if stream is not None else sys.stderr
     tty = bool(getattr(out, "isatty", lambda: False)())
     as_json = fmt == "json" or (fmt == "auto" and not tty)
@@ -217,7 +213,9 @@ def configure_logging(
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if as_json
-        else structlog.dev.ConsoleRenderer(colors=tty, exception_formatter=_plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            # Never rich's pretty traceback: it prints local variables, secrets included.
+            colors=tty, exception_formatter=structlog.dev.plain_traceback)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
@@ -229,6 +227,8 @@ def configure_logging(
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
+    else:
+        _previous_level = root.level
     root.addHandler(handler)
     root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
     _installed = handler
@@ -251,9 +251,12 @@ def configure_logging(
 
 def unconfigure_logging() -> None:
     """Remove the handler `configure_logging` installed and restore structlog's defaults."""
-    global _installed
+    global _installed, _previous_level
     if _installed is not None:
-        logging.getLogger().removeHandler(_installed)
-        _installed = None
+        root = logging.getLogger()
+        root.removeHandler(_installed)
+        if _previous_level is not None:
+            root.setLevel(_previous_level)
+        _installed = _previous_level = None
     logging.getLogger("uvicorn.access").setLevel(logging.NOTSET)
     structlog.reset_defaults()

@@ -30,6 +30,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     values,
 )
@@ -76,6 +77,9 @@ class Metrics:
     exposition then reads the shared files)."""
 
     def __init__(self, registry: CollectorRegistry | None, *, max_label_values: int) -> None:
+        # `*_created` series double the exposition and Prometheus gains nothing from them in
+        # the text format. A prometheus-client switch, process-wide.
+        disable_created_metrics()
         reg = registry
         self.http_requests = Counter(
             "roost_http_requests", "HTTP requests by route template, method and status.",

@@ -14,12 +14,14 @@ between tenants (see `fair_queue`), then FIFO within a tenant. A tenant at its r
 skipped while others are served. A freed slot is handed directly to the next waiter, so a slot
 is never idle while eligible work waits, and never granted twice:
 
-- a waiter cancelled (client gone) or past its deadline leaves the queue at once, uncounted;
+- a waiter cancelled (client gone) or past its deadline leaves the queue at once, never
+  started (counted as `cancelled_in_queue` / `deadline_expired`);
 - a waiter granted a slot while its task is being cancelled passes the slot on;
 - `release` is idempotent, and releasing a queued slot withdraws it.
 
-Deadlines are on the controller's clock (`time.monotonic` by default) and enforced by one
-timer handle per waiting `acquire` -- no polling task.
+Deadlines are absolute times on the controller's clock (`time.monotonic` by default, the
+same clock as the default event loop's `loop.time()`). One timer handle per waiting `acquire`
+enforces them -- no polling task -- and dispatch never starts a slot found already late.
 
 Retry-After: for a rate refusal, the time until the bucket holds a token; otherwise an estimate
 of the wait (queue ahead / throughput, from an average of recent run durations), within
@@ -270,7 +272,7 @@ class Slot:
 
     @property
     def state(self) -> str:
-        """ "queued", "running", "released", "expired" or "cancelled"."""
+        """One of "queued", "running", "released", "expired", "cancelled"."""
         return _STATE_NAMES[self._state]
 
     async def acquire(self) -> None:

@@ -63,6 +63,12 @@ class RunChannel:
         position = self._offset
         last_seq = after_seq
         catching_up = after_seq > 0
+        if self._offset:
+            # Older events were dropped: unless the buffer still reaches back to after_seq,
+            # the reader must replay the log first.
+            first = next((e.seq for e in self._events if e.seq), None)
+            if first is not None and first > after_seq + 1:
+                raise ChannelLagged(after_seq)
         while True:
             if position < self._offset:
                 raise ChannelLagged(last_seq)

@@ -100,10 +100,8 @@ class MemoryStore:
         keys = sorted(
             (
                 (s.created_at, s.id)
-                for (t, _), e in self._entries.items()
-                if t == tenant
-                and (s := e.session)
-                and (agent is None or s.agent == agent)
+                for s in (e.session for (t, _), e in self._entries.items() if t == tenant)
+                if (agent is None or s.agent == agent)
                 and (user_id is None or s.user_id == user_id)
                 and (after is None or (s.created_at, s.id) < after)
             ),
@@ -125,7 +123,7 @@ class MemoryStore:
         delta: dict[str, Any],
         expected_version: int | None = None,
     ) -> Session:
-        delta = codec.decode_object(codec.encode(delta))
+        delta = _copy_delta(delta)
         await self._enter()
         session = self._entry(tenant, session_id).session
         if expected_version is not None and session.version != expected_version:
@@ -181,7 +179,7 @@ class MemoryStore:
         _check_limit(limit, minimum=0)
         await self._enter()
         events = self._entry(tenant, session_id).events
-        return [_copy_event(e) for e in events[len(events) - limit :]] if limit else []
+        return [_copy_event(e) for e in events[max(0, len(events) - limit) :]] if limit else []
 
     # -- runs -------------------------------------------------------------------
     async def put_run(self, run: RunRecord) -> None:
@@ -287,6 +285,12 @@ def _seq(event: Event) -> int:
 def _check_limit(limit: int, *, minimum: int) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
+
+
+def _copy_delta(delta: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(delta, dict):
+        raise InvalidInput("a state delta must be a JSON object", field="delta")
+    return codec.decode_object(codec.encode(delta))
 
 
 def _copy_session(session: Session) -> Session:

@@ -4,8 +4,8 @@
     >>> await store.open()      # creates the pool and applies pending migrations
 
 Layout (see `migrations/0001_initial.sql`): `sessions`, `events`, `runs` and `leases` tables in
-one schema, every statement fully qualified with it (no reliance on `search_path`, so it also
-works behind PgBouncer in transaction mode). JSON columns are `jsonb`, encoded and decoded by
+one schema, every statement fully qualified with it (no reliance on `search_path`, which a
+connection pooler may not preserve). JSON columns are `jsonb`, encoded and decoded by
 msgspec in asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
 
 Concurrency: `append` is one statement (update-with-version-check, insert events from unnested
@@ -74,6 +74,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         format="binary",
     )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to undo.
+
+    The store never changes session state (no SET outside a transaction, no LISTEN, cursors
+    or session advisory locks), so asyncpg's default reset query (RESET ALL; UNLISTEN *; …)
+    would only add a round trip to every operation. asyncpg still rolls back a transaction
+    left open before it calls this.
+    """
 
 
 _json = codec.encode
@@ -369,6 +379,7 @@ class PostgresStore:
                     command_timeout=self._command_timeout,
                     timeout=self._connect_timeout,  # per connection attempt
                     init=_init_connection,
+                    reset=_keep_session,
                     # Idle connections are recycled so a pool does not pin server slots forever.
                     max_inactive_connection_lifetime=300.0,
                 )

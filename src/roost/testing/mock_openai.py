@@ -49,6 +49,7 @@ from roost.testing.faults import FAULT_HEADER, FaultInjector, FaultMode, FaultPl
 
 __all__ = [
     "LATENCY_HEADER",
+    "CountingServer",
     "MockOpenAIServer",
     "MockStats",
     "arguments_for",
@@ -224,7 +225,9 @@ def _schema_type(schema: dict[str, Any]) -> str:
 def _value_for(schema: Any, root: dict[str, Any], text: str, depth: int) -> Any:
     if not isinstance(schema, dict):
         return text  # `true` / `{}`-like schemas accept anything
-    if "$ref" in schema and depth < _MAX_SCHEMA_DEPTH:
+    if "$ref" in schema:
+        if depth >= 2 * _MAX_SCHEMA_DEPTH:
+            return {}  # a chain of refs that never reaches a type
         return _value_for(_resolve(schema["$ref"], root), root, text, depth + 1)
     if "const" in schema:
         return schema["const"]
@@ -312,11 +315,14 @@ def _text_for(schema: dict[str, Any], text: str) -> str:
 def embed(text: str, dimensions: int = 64) -> list[float]:
     """A deterministic unit vector for `text`: its words hashed into signed buckets.
 
-    Texts sharing words share buckets, so cosine similarity tracks word overlap. Stable across
-    processes (crc32, not `hash()`).
+    Texts sharing words share buckets, so cosine similarity tracks word overlap; common words
+    ("the", "on", ...) are left out unless there is nothing else, so they do not make unrelated
+    texts look alike. Stable across processes (crc32, not `hash()`).
     """
     vector = [0.0] * dimensions
-    for word in _words(text):
+    words = _words(text)
+    content = [w for w in words if w not in _STOPWORDS]
+    for word in content or words:
         h = zlib.crc32(word.encode())
         vector[h % dimensions] += 1.0 if (h >> 31) & 1 else -1.0
     norm = sum(v * v for v in vector) ** 0.5
@@ -415,12 +421,15 @@ class MockStats:
         self.max_open_connections = self.open_connections
         self.started_at = time.time()
 
-    def _changed(self) -> None:
+    def notify(self) -> None:
+        """Wake `wait_for` callers: a server calls it after changing a counter."""
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+    _changed = notify  # the name the Anthropic mock first used
 
     async def wait_for(self, predicate: Callable[[MockStats], bool]) -> None:
         """Wait until `predicate(stats)` holds, re-checked whenever a request or a connection
@@ -451,8 +460,9 @@ class MockStats:
         return data
 
 
-class _CountingServer(web.Server):
-    """aiohttp's low-level server, counting connections as they open and close."""
+class CountingServer(web.Server):
+    """aiohttp's low-level server, counting connections in a `MockStats` as they open and
+    close. Shared by the mock servers."""
 
     def __init__(self, stats: MockStats, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -466,14 +476,14 @@ class _CountingServer(web.Server):
         stats.open_connections += 1
         if stats.open_connections > stats.max_open_connections:
             stats.max_open_connections = stats.open_connections
-        stats._changed()
+        stats.notify()
 
     def connection_lost(
         self, handler: web_protocol.RequestHandler, exc: BaseException | None = None
     ) -> None:
         super().connection_lost(handler, exc)
         self._stats.open_connections -= 1
-        self._stats._changed()
+        self._stats.notify()
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -587,7 +597,7 @@ class MockOpenAIServer:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("MockOpenAIServer is already started")
-        server = _CountingServer(
+        server = CountingServer(
             self.stats,
             self._dispatch,
             # A client that hangs up mid-answer cancels its handler: a "timeout" fault or a
@@ -634,7 +644,7 @@ class MockOpenAIServer:
         stats.open_requests += 1
         if stats.open_requests > stats.max_open_requests:
             stats.max_open_requests = stats.open_requests
-        stats._changed()
+        stats.notify()
         try:
             if self.api_key is not None and request.headers.get("Authorization") != (
                 f"Bearer {self.api_key}"
@@ -643,7 +653,7 @@ class MockOpenAIServer:
             return await handler(request)
         finally:
             stats.open_requests -= 1
-            stats._changed()
+            stats.notify()
 
     def _latency(self, request: web.BaseRequest) -> float:
         override = request.headers.get(LATENCY_HEADER)
@@ -864,7 +874,7 @@ class MockOpenAIServer:
             body = _embeddings_decoder.decode(await request.read())
         except msgspec.DecodeError as exc:
             return _error(400, f"invalid request body: {exc}", "invalid_request_error")
-        dimensions = body.dimensions or self.embedding_dimensions
+        dimensions = self.embedding_dimensions if body.dimensions is None else body.dimensions
         if not 1 <= dimensions <= 4096:
             return _error(400, "dimensions must be within [1, 4096]", "invalid_request_error")
         if body.encoding_format not in ("float", "base64"):
@@ -939,6 +949,18 @@ def _abort(request: web.BaseRequest) -> None:
 # --- CLI -------------------------------------------------------------------------------------
 
 
+def _raise_open_files_limit() -> None:
+    # Each client connection is a file descriptor: C10K needs more than the usual soft 1024.
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _serve(args: argparse.Namespace) -> None:
     server = MockOpenAIServer(
         host=args.host,
@@ -970,6 +992,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backlog", type=int, default=4096, help="listen() backlog")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name to report")
     args = parser.parse_args(argv)
+    _raise_open_files_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a default dependency off Windows

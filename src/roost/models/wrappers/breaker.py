@@ -113,11 +113,11 @@ class CircuitBreaker:
         now = self._clock()
         if new == "open":
             self.opened_at = now
-            calls, failures = self._counts()
-            logger.warning(
-                "circuit %s opened (%s -> open): %d/%d calls failed",
-                self.name, old, failures, calls,
-            )
+            if old == "half_open":
+                logger.warning("circuit %s re-opened: a probe failed", self.name)
+            else:
+                calls, failures = self._counts()
+                logger.warning("circuit %s opened: %d/%d calls failed", self.name, failures, calls)
         elif new == "closed":
             self.closed_at = now
             logger.info("circuit %s closed after successful probes", self.name)
