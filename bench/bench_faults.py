@@ -123,8 +123,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         secondary = AnthropicModel("mock-claude", base_url=secondary_server.url, provider="secondary")
         policy = {
             "retry": {"max_attempts": 3, "base_delay_s": 0.02, "max_delay_s": 0.5},
-            "breaker": {"window": "count", "window_size": 20, "min_calls": 10,
-                        "failure_rate_threshold": 0.5, "cooldown_s": args.cooldown_s},
+            # The library defaults (a 50-call window, 20 calls minimum, 50 % threshold) but
+            # a short cool-down, so the benchmark does not idle for 15 s.
+            "breaker": {"cooldown_s": args.cooldown_s},
             "fallbacks": ["secondary"],
         }
         model = apply_policies(primary, policy, resolve={"secondary": secondary}.__getitem__,
@@ -153,6 +154,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "retries": retry.retries - retry_before[1],
                         "primary_requests": primary_server.stats.chat_requests - primary_before,
                         "denied_budget": retry.denied_budget,
+                        # The budget's own view: every call in its sliding window so far.
+                        "budget_window_calls": retry.budget.calls_in_window,
+                        "budget_window_retries": retry.budget.retries_in_window,
                     }
                 retry_before = (retry.calls, retry.retries)
                 if name == "outage":
@@ -173,6 +177,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     opened = next((t for t, old, new in transitions if new == "open" and t >= outage_start), None)
     closed = next((t for t, old, new in transitions if new == "closed" and t >= recovery_start), None)
+    # The cool-down that ended in the close started at the last opening before it.
+    last_open = max((t for t, old, new in transitions if new == "open" and closed and t < closed),
+                    default=None)
     degraded = next(p for p in phases if p.name == "degraded")
     total_calls = sum(p.calls for p in phases)
     total_ok = sum(p.ok for p in phases)
@@ -197,6 +204,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "transitions": [(round(t - outage_start, 3), old, new) for t, old, new in transitions],
             "open_after_outage_s": None if opened is None else round(opened - outage_start, 4),
             "closed_after_recovery_s": None if closed is None else round(closed - recovery_start, 4),
+            # What the probes themselves took once the cool-down had run out.
+            "closed_after_cooldown_s": (
+                None if closed is None or last_open is None
+                else round(closed - last_open - args.cooldown_s, 4)
+            ),
             "final_state": breaker.state,
             "rejected_fast": breaker.rejected,
         },
@@ -214,10 +226,12 @@ def report(result: dict[str, Any]) -> None:
     b = result["breaker"]
     print(f"\noverall success rate: {result['overall_success_rate']:.4%}")
     print(f"degraded phase: success {d['success_rate']:.4%}; retries/calls {d['retries_per_call']:.2%} "
-          f"({d['retries']} retries for {d['calls']} calls, {d['denied_budget']} denied by the budget)")
+          f"({d['retries']} retries for {d['calls']} calls, {d['denied_budget']} denied by the budget; "
+          f"budget window: {d['budget_window_retries']} retries / {d['budget_window_calls']} calls)")
     print(f"breaker: opened {b['open_after_outage_s']} s after the outage began; "
           f"closed {b['closed_after_recovery_s']} s after recovery "
-          f"(cool-down {result['config']['cooldown_s']} s); {b['rejected_fast']} calls failed fast")
+          f"(cool-down {result['config']['cooldown_s']} s, probes done "
+          f"{b['closed_after_cooldown_s']} s after it); {b['rejected_fast']} calls failed fast")
     print(f"faults injected: {result['fault_stats']}")
     print(f"CPU: {result['cpu_s']} s for {sum(p['calls'] for p in result['phases'])} calls")
 

@@ -96,7 +96,7 @@ class Agent:
 
 def _as_tool(value: Any) -> Tool | Toolset:
     if isinstance(value, (FunctionTool, Toolset, Tool)):
-        return value  # type: ignore[no-any-return]
+        return value
     if callable(value):
         return FunctionTool(value)
     raise TypeError(f"not a tool: {value!r}")

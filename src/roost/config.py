@@ -84,7 +84,7 @@ class TenantQuotaConfig(_Section):
 class AdmissionConfig(_Section):
     max_running: int | None = Field(None, ge=1, description="default: derived from the machine")
     max_queued: int | None = Field(None, ge=0)
-    default_quota: TenantQuotaConfig = Field(default_factory=TenantQuotaConfig)
+    default_quota: TenantQuotaConfig = Field(default_factory=lambda: TenantQuotaConfig())
     tenants: dict[str, TenantQuotaConfig] = Field(default_factory=dict)
     adaptive: bool = False
 
@@ -125,11 +125,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROOST_", env_nested_delimiter="__",
                                       extra="forbid")
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
-    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig())
+    sessions: SessionsConfig = Field(default_factory=lambda: SessionsConfig())
+    admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
+    runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)

@@ -130,31 +130,42 @@ def example_agents() -> list[Agent]:
     return load_agents([str(EXAMPLES / "weather.py"), str(EXAMPLES / "calculator.py")])
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """Start a LiveServer for the given agents; every server stops when the test ends.
+@contextlib.contextmanager
+def serving(directory: Path) -> Iterator[Serve]:
+    """A `Serve` factory whose servers (and SQLite files, in `directory`) live until exit.
 
     `store` is "memory" or "sqlite"; keyword arguments are Settings sections, merged over
     test defaults (no shutdown grace, so teardown never waits on a parked run).
     """
-    stack = contextlib.ExitStack()
     counter = itertools.count()
+    with contextlib.ExitStack() as stack:
 
-    def start(*agents: Agent, store: str = "memory", **settings: Any) -> LiveServer:
-        url = "memory://" if store == "memory" else f"sqlite:///{tmp_path}/roost-{next(counter)}.db"
-        server_section = {"shutdown_grace_s": 0.0, **settings.pop("server", {})}
-        runtime = Runtime(Settings(store={"url": url}, server=server_section, **settings),
-                          agents or example_agents())
-        return stack.enter_context(LiveServer(runtime))
+        def start(*agents: Agent, store: str = "memory", **settings: Any) -> LiveServer:
+            url = ("memory://" if store == "memory"
+                   else f"sqlite:///{directory}/roost-{next(counter)}.db")
+            server_section = {"shutdown_grace_s": 0.0, **settings.pop("server", {})}
+            runtime = Runtime(Settings(store={"url": url}, server=server_section, **settings),
+                              agents or example_agents())
+            return stack.enter_context(LiveServer(runtime))
 
-    with stack:
         yield start
 
 
 @pytest.fixture
-def demo(serve: Serve) -> LiveServer:
-    """The bundled examples (weather, calculator) on the demo model and a memory store."""
-    return serve()
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """Servers for one test: use it when the test changes server-wide state or needs its
+    own agents."""
+    with serving(tmp_path) as start:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The bundled examples (weather, calculator) on the demo model and a memory store,
+    shared by a module's tests (each works in its own sessions; starting a server costs
+    ~0.3 s)."""
+    with serving(tmp_path_factory.mktemp("demo")) as start:
+        yield start()
 
 
 @pytest.fixture

@@ -206,3 +206,10 @@ async def test_expire_sessions_in_batches(
     assert await store.expire_sessions(200.0) == 0
     assert await count(db, schema, "sessions") == 2
     assert await count(db, schema, "events") == 1
+
+
+async def test_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        await PostgresStore("postgresql://postgres@127.0.0.1:notaport/test", schema="x").open()
+    with pytest.raises(ConfigError):
+        await migrate("postgresql://postgres@127.0.0.1:5432/test?sslmode=bogus")

@@ -231,3 +231,8 @@ def test_options_are_validated() -> None:
     with pytest.raises(ConfigError):
         RedisStore(REDIS_URL, default_ttl_s=-1)
     assert isinstance(open_store(REDIS_URL, prefix="x:"), RedisStore)
+
+
+async def test_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        await RedisStore("redis://127.0.0.1:notaport/0").open()

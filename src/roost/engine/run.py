@@ -217,7 +217,8 @@ class Runner:
         context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
                               agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
                               state=ctx.session.state)
-        outcome, error = "ok", None
+        outcome = "ok"
+        error: BaseException | None = None
         try:
             # The run's own deadline is the outer timeout: if it fires first, the run ends
             # timed_out (CancelledError passes through this inner timeout untouched).

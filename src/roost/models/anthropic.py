@@ -38,7 +38,7 @@ import email.utils
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final
 
 import aiohttp
@@ -395,7 +395,7 @@ class AnthropicModel:
             ceil_threshold=math.inf,  # a deadline is exact; aiohttp would round it up
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield `TextDelta`s (streamed requests only), then one `ModelResponse`."""
         loop = asyncio.get_running_loop()
         timeout = self._timeout(request, loop)
@@ -435,7 +435,7 @@ class AnthropicModel:
             else:
                 response.close()
 
-    async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[StreamItem]:
+    async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncGenerator[StreamItem, None]:
         parser = _SSEParser()
         text_parts: list[str] = []
         # block index -> [id, name, json fragments]; text blocks are not kept here

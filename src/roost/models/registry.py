@@ -74,17 +74,17 @@ class ModelRegistry:
                               [(key, f"no [providers.{provider}] section")])
         api_key = os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None
         base_url = spec.get("base_url") or _DEFAULT_PROVIDERS.get(spec["type"], {}).get("base_url")
-        common = {"base_url": base_url, "api_key": api_key}
+        common: dict[str, Any] = {"base_url": base_url, "api_key": api_key}
         for option in ("headers", "max_connections", "connect_timeout_s", "read_timeout_s"):
             if spec.get(option) is not None:
                 common[option] = spec[option]
         if spec["type"] == "anthropic":
             from roost.models.anthropic import AnthropicModel
 
-            return AnthropicModel(model, **common)  # type: ignore[no-any-return]
+            return AnthropicModel(model, **common)  # type: ignore[return-value]
         from roost.models.openai_compat import OpenAICompatModel
 
-        return OpenAICompatModel(model, provider=provider, settings=settings or None, **common)  # type: ignore[no-any-return]
+        return OpenAICompatModel(model, provider=provider, settings=settings or None, **common)
 
     async def aclose(self) -> None:
         for model in self._models.values():

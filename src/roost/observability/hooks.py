@@ -152,8 +152,8 @@ class ObservabilityHooks(EngineHooks):
                 outcome = status if status in _RUN_OUTCOMES else OTHER
                 m.child(m.runs, token.agent, outcome).inc()
                 m.child(m.run_duration, token.agent).observe(duration)
-            if token.counted:
-                m.runs_in_flight.dec()  # type: ignore[union-attr]
+                if token.counted:
+                    m.runs_in_flight.dec()
             for call in list(token.open):
                 self._end_unfinished(call)
             if self._run_log:
@@ -172,11 +172,12 @@ class ObservabilityHooks(EngineHooks):
                     span.set_status(Status(StatusCode.ERROR, _describe(run.error)))
                 elif status != "completed":
                     span.set_attribute("error.type", status)
-                span.end()
-                tracing.detach(token.ctx_token)
         except Exception:
             self._hook_failed("run_end")
         finally:
+            if token.span is not None:
+                token.span.end()
+                tracing.detach(token.ctx_token)
             logs.unbind(token.log_token)
             if self._runs.get(run.id) is token:
                 del self._runs[run.id]
@@ -277,16 +278,14 @@ class ObservabilityHooks(EngineHooks):
                     span.set_attribute("error.type", kind or outcome)
                     if kind is not None:
                         span.set_status(Status(StatusCode.ERROR, _short(error)))
-                span.end()
-                tracing.detach(token.ctx_token)
-                if token.parent is not None:
-                    token.parent.open.discard(token)
             if kind is not None and log.isEnabledFor(logging.WARNING):
                 log.warning("model call failed", extra={
                     "model": token.name, "error_kind": kind, "error": _short(error),
                     "duration_ms": round(duration * 1000, 1)})
         except Exception:
             self._hook_failed("model_end")
+        finally:
+            _close(token)
 
     def _count_usage(self, m: Metrics, answered: str, response: ModelResponse) -> None:
         provider, name = self._split(answered)
@@ -348,10 +347,6 @@ class ObservabilityHooks(EngineHooks):
                     span.set_attribute("error.type", outcome)
                     if outcome != "cancelled":
                         span.set_status(Status(StatusCode.ERROR, _short(error)))
-                span.end()
-                tracing.detach(token.ctx_token)
-                if token.parent is not None:
-                    token.parent.open.discard(token)
             if outcome not in ("ok", "cancelled") and log.isEnabledFor(logging.INFO):
                 log.info("tool call failed", extra={
                     "outcome": outcome, "error": _short(error),
@@ -359,6 +354,7 @@ class ObservabilityHooks(EngineHooks):
         except Exception:
             self._hook_failed("tool_end")
         finally:
+            _close(token)
             logs.unbind(token.log_token)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -407,6 +403,14 @@ class ObservabilityHooks(EngineHooks):
             self._failed_once.add(hook)
             logging.getLogger("roost.observability").exception("observability hook %s failed",
                                                                hook)
+
+
+def _close(call: _Call) -> None:
+    if call.span is not None:
+        call.span.end()
+        tracing.detach(call.ctx_token)
+        if call.parent is not None:
+            call.parent.open.discard(call)
 
 
 def _parent_context(parent: _Run | None) -> Any:

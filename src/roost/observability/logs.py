@@ -166,6 +166,25 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: Any) -> Any:
     return event_dict
 
 
+_RECORD_ATTRS = frozenset(
+    logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+def add_extra(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """structlog processor: a stdlib record's `extra={...}` fields.
+
+    Like structlog's `ExtraAdder`, minus what other formatters attach to a shared record
+    (`message`, `asctime`) and private attributes.
+    """
+    record = event_dict.get("_record")
+    if record is not None:
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and not key.startswith("_"):
+                event_dict.setdefault(key, value)
+    return event_dict
+
+
 def _dumps(obj: Any, **_kw: Any) -> str:
     return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -202,7 +221,7 @@ def configure_logging(
         add_context,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
-        structlog.stdlib.ExtraAdder(),
+        add_extra,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         add_trace_ids,
         structlog.processors.StackInfoRenderer(),

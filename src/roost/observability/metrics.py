@@ -79,7 +79,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None, *, max_label_values: int) -> None:
         # `*_created` series double the exposition and Prometheus gains nothing from them in
         # the text format. A prometheus-client switch, process-wide.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         reg = registry
         self.http_requests = Counter(
             "roost_http_requests", "HTTP requests by route template, method and status.",

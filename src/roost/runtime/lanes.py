@@ -47,18 +47,18 @@ class SessionLanes:
             raise SessionBusy("the session has an active run", session_id=key[1])
         if policy == "interrupt":
             while lane.waiting:
-                waiting_turn, future = lane.waiting.popleft()
+                waiting_turn, superseded = lane.waiting.popleft()
                 cancel(waiting_turn)
-                if not future.done():
-                    future.cancel()
+                if not superseded.done():
+                    superseded.cancel()
             if lane.active is not None:
                 cancel(lane.active)
         elif len(lane.waiting) >= max_pending:
             raise SessionBusy(f"the session already has {max_pending} turns waiting",
                               session_id=key[1])
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lane.waiting.append((turn, future))
-        return future
+        turn_ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lane.waiting.append((turn, turn_ready))
+        return turn_ready
 
     def leave(self, key: Key, turn: Any) -> None:
         """`turn` is done (finished, failed, or gave up waiting): hand the lane on."""

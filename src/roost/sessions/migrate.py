@@ -24,7 +24,7 @@ from importlib import resources
 
 import asyncpg
 
-from roost.errors import InvalidInput, StoreError, StoreUnavailable
+from roost.errors import ConfigError, InvalidInput, StoreError, StoreUnavailable
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -64,6 +64,9 @@ def postgres_errors(what: str) -> Iterator[None]:
     """Translate asyncpg's exceptions into Roost's tree; Roost's own errors pass through."""
     try:
         yield
+    except asyncpg.exceptions.ClientConfigurationError as exc:
+        # A malformed option (unknown sslmode, …): nothing to retry.
+        raise ConfigError(f"postgres: {what}: {exc}", [("store.url", str(exc))]) from exc
     except DATA_ERRORS as exc:
         # Checked before UNAVAILABLE_ERRORS: asyncpg's client-side DataError is also an
         # InterfaceError. Typical cause: U+0000, which jsonb and text cannot hold.
@@ -72,6 +75,17 @@ def postgres_errors(what: str) -> Iterator[None]:
         raise StoreUnavailable(f"postgres: {what}: {type(exc).__name__}: {exc}") from exc
     except (asyncpg.PostgresError, asyncpg.exceptions.InternalClientError) as exc:
         raise StoreError(f"postgres: {what}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def url_errors() -> Iterator[None]:
+    """Report a URL asyncpg cannot parse (say, a non-numeric port) as `ConfigError`."""
+    try:
+        yield
+    except ValueError as exc:
+        if isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError):
+            raise  # some driver errors are ValueErrors too; postgres_errors handles them
+        raise ConfigError(f"postgres: invalid URL: {exc}", [("store.url", str(exc))]) from exc
 
 
 def quote_ident(name: str) -> str:
@@ -151,7 +165,7 @@ async def migrate(
     migration fails (nothing is applied then).
     """
     target = schema or DEFAULT_SCHEMA
-    with postgres_errors("migrate"):
+    with postgres_errors("migrate"), url_errors():
         conn = await asyncpg.connect(url, timeout=connect_timeout_s)
         try:
             return await apply_migrations(conn, target)

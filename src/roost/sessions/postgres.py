@@ -45,7 +45,13 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.migrate import DEFAULT_SCHEMA, apply_migrations, postgres_errors, quote_ident
+from roost.sessions.migrate import (
+    DEFAULT_SCHEMA,
+    apply_migrations,
+    postgres_errors,
+    quote_ident,
+    url_errors,
+)
 from roost.sessions.records import Event, Page, RunRecord, Session, Usage
 
 __all__ = ["PostgresStore"]
@@ -372,17 +378,7 @@ class PostgresStore:
             if self._pool is not None:
                 return
             with postgres_errors("open"):
-                pool = await asyncpg.create_pool(
-                    self._url,
-                    min_size=self._min_pool,
-                    max_size=self._max_pool,
-                    command_timeout=self._command_timeout,
-                    timeout=self._connect_timeout,  # per connection attempt
-                    init=_init_connection,
-                    reset=_keep_session,
-                    # Idle connections are recycled so a pool does not pin server slots forever.
-                    max_inactive_connection_lifetime=300.0,
-                )
+                pool = await self._create_pool()
             try:
                 if self._migrate_on_open:
                     with postgres_errors("migrate"):
@@ -392,6 +388,20 @@ class PostgresStore:
                 pool.terminate()
                 raise
             self._pool = pool
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        with url_errors():
+            return await asyncpg.create_pool(
+                self._url,
+                min_size=self._min_pool,
+                max_size=self._max_pool,
+                command_timeout=self._command_timeout,
+                timeout=self._connect_timeout,  # per connection attempt
+                init=_init_connection,
+                reset=_keep_session,
+                # Idle connections are recycled so a pool does not pin server slots forever.
+                max_inactive_connection_lifetime=300.0,
+            )
 
     async def close(self) -> None:
         async with self._open_lock:

@@ -396,14 +396,17 @@ class RedisStore:
         async with self._open_lock:
             if self._client is not None:
                 return
-            client = aioredis.Redis.from_url(
-                self._url,
-                decode_responses=False,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),
-                max_connections=self._max_connections,
-            )
+            try:
+                client = aioredis.Redis.from_url(
+                    self._url,
+                    decode_responses=False,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),
+                    max_connections=self._max_connections,
+                )
+            except ValueError as exc:  # malformed URL: nothing to retry
+                raise ConfigError(f"redis: {exc}", [("store.url", str(exc))]) from exc
             self._create = client.register_script(_CREATE)
             self._append = client.register_script(_APPEND)
             self._patch = client.register_script(_PATCH)

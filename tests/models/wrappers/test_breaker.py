@@ -150,3 +150,23 @@ def test_manual_controls() -> None:
     assert breaker.state == "open"
     breaker.reset()
     assert breaker.state == "closed"
+
+
+async def test_a_probe_from_an_earlier_half_open_episode_is_ignored() -> None:
+    clock = FakeClock()
+    breaker = breaker_for(clock)
+    breaker.force_open()
+    clock.advance(30)
+    stale = breaker.acquire()  # probe of episode 1
+    assert stale is not None
+    breaker.record_failure(stale, error())  # episode 1 fails
+    assert breaker.state == "open"
+    clock.advance(30)
+    fresh = breaker.acquire()  # probe of episode 2
+    assert fresh is not None and fresh != stale
+    breaker.record_ignored(stale)  # late news from episode 1 frees nothing…
+    breaker.record_success(stale)  # …and counts for nothing
+    assert breaker.state == "half_open"
+    assert await fail(BreakerModel(FakeModel(), breaker), 1) == ["circuit_open"]  # slot still taken
+    breaker.record_success(fresh)
+    assert breaker.state == "closed"

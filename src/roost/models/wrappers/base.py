@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from collections.abc import AsyncGenerator, Callable
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, StreamItem
 
 Clock = Callable[[], float]
-T = TypeVar("T")
 
 
 class WrapperModel:
@@ -30,7 +28,7 @@ class WrapperModel:
         self.inner = inner
         self.name = name or inner.name
 
-    def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         return self.inner.stream(request)
 
     async def aclose(self) -> None:
@@ -109,28 +107,6 @@ def mark_streamed(error: ModelError) -> ModelError:
     marked = not_retryable(error, "after output was streamed")
     marked.after_output = True  # type: ignore[attr-defined]
     return marked
-
-
-class closing_stream(Generic[T]):  # lower case: used like contextlib.aclosing
-    """`async with closing_stream(model.stream(r)) as items:` closes the stream on exit.
-
-    `contextlib.aclosing` wants an `aclose` the `AsyncIterator` type does not promise; and
-    closing matters: a consumer that stops early must close the provider's HTTP response now,
-    not when the garbage collector finds the generator.
-    """
-
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: AsyncIterator[T]) -> None:
-        self.stream = stream
-
-    async def __aenter__(self) -> AsyncIterator[T]:
-        return self.stream
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        close = getattr(self.stream, "aclose", None)
-        if close is not None:
-            await close()
 
 
 class SlidingCounter:

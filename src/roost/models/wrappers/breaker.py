@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Literal
 
 from roost.errors import ModelError
@@ -29,7 +30,6 @@ from roost.models.wrappers.base import (
     Clock,
     SlidingCounter,
     WrapperModel,
-    closing_stream,
     error_kind,
 )
 from roost.models.wrappers.config import BreakerConfig
@@ -69,6 +69,9 @@ class CircuitBreaker:
         self.closed_at: float | None = None
         self._probes_in_flight = 0
         self._probe_successes = 0
+        # Bumped on every transition: a probe admitted in an earlier half-open episode
+        # must not count in (or free a slot of) the current one.
+        self._epoch = 0
         # Count-based window: the outcomes of the last window_size calls (True = failure).
         self._outcomes: deque[bool] = deque(maxlen=self.config.window_size)
         self._failures = 0
@@ -127,13 +130,17 @@ class CircuitBreaker:
             self._reset_window()
         self._probes_in_flight = 0
         self._probe_successes = 0
+        self._epoch += 1
         if self.on_transition is not None:
             self.on_transition(self.name, old, new)
 
     # -- the protocol around one call -------------------------------------------------------
 
-    def acquire(self) -> bool:
-        """Admit one call or raise `circuit_open`; returns True when the call is a probe."""
+    def acquire(self) -> int | None:
+        """Admit one call or raise `circuit_open`.
+
+        Returns None for an ordinary call, or a probe ticket to hand back to `record_*`.
+        """
         if self.state == "open":
             assert self.opened_at is not None
             if self._clock() - self.opened_at < self.config.cooldown_s:
@@ -143,8 +150,8 @@ class CircuitBreaker:
             if self._probes_in_flight >= self.config.half_open_probes:
                 self._reject()
             self._probes_in_flight += 1
-            return True
-        return False
+            return self._epoch
+        return None
 
     def _reject(self) -> None:
         self.rejected += 1
@@ -159,9 +166,12 @@ class CircuitBreaker:
             kind="circuit_open",
         )
 
-    def record_success(self, probe: bool) -> None:
-        if probe:
-            if self.state != "half_open":
+    def _current_probe(self, probe: int | None) -> bool:
+        return probe is not None and probe == self._epoch and self.state == "half_open"
+
+    def record_success(self, probe: int | None) -> None:
+        if probe is not None:
+            if not self._current_probe(probe):
                 return  # a stale probe from before another transition
             self._probes_in_flight -= 1
             self._probe_successes += 1
@@ -171,12 +181,12 @@ class CircuitBreaker:
         if self.state == "closed":
             self._record(False)
 
-    def record_failure(self, probe: bool, error: ModelError) -> None:
+    def record_failure(self, probe: int | None, error: ModelError) -> None:
         if error_kind(error) not in self.config.failure_kinds:
             self.record_ignored(probe)
             return
-        if probe:
-            if self.state == "half_open":
+        if probe is not None:
+            if self._current_probe(probe):
                 self._move("open")
             return
         if self.state != "closed":
@@ -186,9 +196,9 @@ class CircuitBreaker:
         if calls >= self.config.min_calls and failures / calls >= self.config.failure_rate_threshold:
             self._move("open")
 
-    def record_ignored(self, probe: bool) -> None:
+    def record_ignored(self, probe: int | None) -> None:
         """The call ended without telling anything about the endpoint (cancelled, 400…)."""
-        if probe and self.state == "half_open":
+        if self._current_probe(probe):
             self._probes_in_flight -= 1
 
     def force_open(self) -> None:
@@ -212,11 +222,11 @@ class BreakerModel(WrapperModel):
     def state(self) -> State:
         return self.breaker.state
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         probe = self.breaker.acquire()
         done = False
         try:
-            async with closing_stream(self.inner.stream(request)) as items:
+            async with aclosing(self.inner.stream(request)) as items:
                 async for item in items:
                     if isinstance(item, ModelResponse):
                         # The verdict is in with the response: a consumer that stops

@@ -16,13 +16,13 @@ The final `ModelResponse.model` names the model that answered (`served_by` count
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, ModelResponse, StreamItem, TextDelta
 from roost.models.wrappers.base import (
     close_model,
-    closing_stream,
     error_kind,
     mark_streamed,
     output_already_streamed,
@@ -60,7 +60,7 @@ class FallbackModel:
             and not output_already_streamed(error)
         )
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         self.calls += 1
         errors: list[tuple[str, ModelError]] = []
         for index, model in enumerate(self.models):
@@ -70,7 +70,7 @@ class FallbackModel:
                 self.fallbacks += 1
             streamed = False
             try:
-                async with closing_stream(model.stream(request)) as items:
+                async with aclosing(model.stream(request)) as items:
                     async for item in items:
                         if isinstance(item, TextDelta):
                             streamed = True

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 import msgspec
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, ModelResponse, StreamItem
-from roost.models.wrappers.base import Clock, WrapperModel, closing_stream, error_kind, seconds_left
+from roost.models.wrappers.base import Clock, WrapperModel, error_kind, seconds_left
 from roost.models.wrappers.config import RateLimitConfig
 
 
@@ -203,7 +204,7 @@ class RateLimitModel(WrapperModel):
         super().__init__(inner)
         self.limiter = limiter
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         limiter = self.limiter
         estimated = limiter.estimate_tokens(request)
         max_wait = limiter.config.max_wait_s
@@ -220,7 +221,7 @@ class RateLimitModel(WrapperModel):
         # A call that fails or is cancelled keeps its estimate: the provider may have
         # counted the prompt, and erring on the slow side is what a limiter is for.
         try:
-            async with closing_stream(self.inner.stream(request)) as items:
+            async with aclosing(self.inner.stream(request)) as items:
                 async for item in items:
                     if isinstance(item, ModelResponse):
                         limiter.settle(reserved, item.usage.total_tokens or reserved)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, StreamItem, TextDelta
@@ -28,7 +29,6 @@ from roost.models.wrappers.base import (
     Clock,
     SlidingCounter,
     WrapperModel,
-    closing_stream,
     mark_streamed,
     seconds_left,
 )
@@ -119,7 +119,7 @@ class RetryModel(WrapperModel):
             delay = error.retry_after + self._rng.uniform(0.0, min(cap, error.retry_after * 0.1))
         return delay
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         self.calls += 1
         self.budget.record_call()
         attempt = 0
@@ -128,7 +128,7 @@ class RetryModel(WrapperModel):
             self.attempts += 1
             streamed = False
             try:
-                async with closing_stream(self.inner.stream(request)) as items:
+                async with aclosing(self.inner.stream(request)) as items:
                     async for item in items:
                         if isinstance(item, TextDelta):
                             streamed = True

@@ -23,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, ModelResponse, StreamItem, TextDelta
-from roost.models.wrappers.base import Clock, close_model, closing_stream, error_kind, mark_streamed
+from roost.models.wrappers.base import Clock, close_model, error_kind, mark_streamed
 from roost.models.wrappers.config import RouterConfig
 
 # Kinds that say nothing about the backend: the same request fails everywhere.
@@ -204,7 +205,7 @@ class RouterModel:
         total = sum(scores) or 1.0
         return {b.model.name: s / total for b, s in zip(self.tracker.backends, scores, strict=True)}
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         ranking = self.tracker.ranking(self._rng)[: 1 + self.config.max_failover]
         last_error: ModelError | None = None
         for index, stats in enumerate(ranking):
@@ -212,7 +213,7 @@ class RouterModel:
                 if request.deadline is not None and asyncio.get_running_loop().time() >= request.deadline:
                     break
                 self.failovers += 1
-            async with closing_stream(call_backend(self.tracker, stats, request)) as items:
+            async with aclosing(call_backend(self.tracker, stats, request)) as items:
                 async for item in items:
                     if isinstance(item, ModelError):
                         last_error = item
@@ -230,14 +231,14 @@ class RouterModel:
 
 async def call_backend(
     tracker: BackendTracker, stats: BackendStats, request: ModelRequest
-) -> AsyncIterator[StreamItem | ModelError]:
+) -> AsyncGenerator[StreamItem | ModelError, None]:
     """Stream one backend, measuring it; a failover-able error is yielded, not raised."""
     started = tracker.started(stats)
     first = True
     streamed = False
     outcome_recorded = False
     try:
-        async with closing_stream(stats.model.stream(request)) as items:
+        async with aclosing(stats.model.stream(request)) as items:
             async for item in items:
                 if first:
                     tracker.first_item(stats, started)

@@ -25,13 +25,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from roost.errors import ModelError
 from roost.models.base import Model, ModelRequest, StreamItem
 from roost.models.embeddings import Embedder, cosine
-from roost.models.wrappers.base import Clock, close_model, closing_stream, seconds_left
+from roost.models.wrappers.base import Clock, close_model, seconds_left
 from roost.models.wrappers.config import RouterConfig, SemanticRouterConfig
 from roost.models.wrappers.router import BackendTracker, call_backend
 
@@ -166,7 +167,7 @@ class SemanticRouter:
         left = seconds_left(request)
         return await self.choose(text, timeout_s=None if left is None else max(0.0, left))
 
-    async def stream(self, request: ModelRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         choice = await self.choose_for(request)
         index = self.routes.index(choice.route)
         target = choice.route.target
@@ -177,7 +178,7 @@ class SemanticRouter:
                 kind="bad_request",
             )
         stats = self._tracker.backends[self._backend_of[index]]
-        async with closing_stream(call_backend(self._tracker, stats, request)) as items:
+        async with aclosing(call_backend(self._tracker, stats, request)) as items:
             async for item in items:
                 if isinstance(item, ModelError):
                     # Routes are different specialists: another one is not a fallback.

@@ -1,0 +1,565 @@
+"""The `Store` contract: every backend runs this suite, unchanged, on a real server.
+
+The `store` fixture (tests/sessions/conftest.py) yields one open, empty store per backend.
+What is pinned here is what the runtime relies on; a new backend is done when this passes.
+
+The concurrent-writers test defaults to 50 writers x 200 appends; ROOST_CONTRACT_WRITERS and
+ROOST_CONTRACT_APPENDS shrink it for a slow remote server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from roost.errors import (
+    Conflict,
+    InvalidInput,
+    RunNotFound,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+from roost.sessions import Event, RunRecord, Session, Store, Usage
+
+T = "default"
+WRITERS = int(os.environ.get("ROOST_CONTRACT_WRITERS", "50"))
+APPENDS = int(os.environ.get("ROOST_CONTRACT_APPENDS", "200"))
+
+
+def new_id(prefix: str = "s") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+async def make_session(store: Store, tenant: str = T, **fields: Any) -> Session:
+    fields.setdefault("id", new_id())
+    fields.setdefault("agent", "helper")
+    return await store.create_session(Session(tenant=tenant, **fields))
+
+
+def message(text: str, run_id: str | None = None) -> Event:
+    return Event(type="message", data={"role": "user", "content": text}, run_id=run_id)
+
+
+async def read_all(store: Store, tenant: str, session_id: str, page: int = 1000) -> list[Event]:
+    events: list[Event] = []
+    while batch := await store.read_events(tenant, session_id, after=len(events), limit=page):
+        assert [e.seq for e in batch] == list(range(len(events) + 1, len(events) + len(batch) + 1))
+        events.extend(batch)
+    return events
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+async def test_ping_and_idempotent_open(store: Store) -> None:
+    await store.ping()
+    await store.open()
+    await store.ping()
+    assert store.backend in ("memory", "sqlite", "postgres", "redis")
+
+
+async def test_closed_store_is_unavailable(store: Store) -> None:
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    with pytest.raises(StoreUnavailable):
+        await store.get_session(T, "anything")
+    await store.close()  # idempotent; the fixture closes once more
+
+
+# -- sessions -----------------------------------------------------------------------------
+async def test_create_and_get_round_trip(store: Store) -> None:
+    session = Session(
+        id=new_id(),
+        agent="helper",
+        user_id="u-1",
+        state={"n": 1, "nested": {"a": [1, 2.5, None, True, "x"]}},
+        metadata={"source": "api"},
+        created_at=1_700_000_000.123456,
+        updated_at=1_700_000_001.654321,
+        expires_at=1_900_000_000.5,
+    )
+    created = await store.create_session(session)
+    assert created == session
+    got = await store.get_session(T, session.id)
+    assert got == session
+    # The store keeps its own copy: mutating what we passed or got changes nothing stored.
+    session.state["n"] = 99
+    got.state["nested"]["a"].append("mutated")
+    assert (await store.get_session(T, session.id)).state == {
+        "n": 1,
+        "nested": {"a": [1, 2.5, None, True, "x"]},
+    }
+
+
+async def test_create_existing_session_conflicts(store: Store) -> None:
+    session = await make_session(store)
+    with pytest.raises(Conflict):
+        await store.create_session(Session(id=session.id, agent="other"))
+    assert (await store.get_session(T, session.id)).agent == "helper"
+
+
+async def test_get_missing_session(store: Store) -> None:
+    with pytest.raises(SessionNotFound):
+        await store.get_session(T, "no-such-session")
+
+
+async def test_value_json_cannot_hold_is_invalid_input(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        await store.create_session(Session(id=new_id(), agent="a", state={"x": object()}))
+    session = await make_session(store)
+    with pytest.raises(InvalidInput):
+        await store.append(T, session.id, [Event(type="message", data={"x": object()})], 0)
+    with pytest.raises(InvalidInput):
+        await store.patch_state(T, session.id, {"x": object()})
+    got = await store.get_session(T, session.id)
+    assert (got.version, got.last_seq) == (0, 0)
+
+
+async def test_list_filters_newest_first(store: Store) -> None:
+    base = 1_700_000_000.0
+    specs = [("a", "u1"), ("b", "u1"), ("a", "u2"), ("a", None), ("b", "u2"), ("a", "u1")]
+    made = [
+        await make_session(store, agent=agent, user_id=user, created_at=base + i)
+        for i, (agent, user) in enumerate(specs)
+    ]
+    newest_first = list(reversed(made))
+
+    async def ids(**filters: Any) -> list[str]:
+        page = await store.list_sessions(T, **filters)
+        assert page.next_cursor is None
+        return [s.id for s in page.items]
+
+    assert await ids() == [s.id for s in newest_first]
+    assert await ids(agent="a") == [s.id for s in newest_first if s.agent == "a"]
+    assert await ids(user_id="u1") == [s.id for s in newest_first if s.user_id == "u1"]
+    assert await ids(agent="b", user_id="u2") == [made[4].id]
+    assert await ids(agent="nobody") == []
+    full = (await store.list_sessions(T, agent="b")).items
+    assert full == [made[4], made[1]]  # whole records, not just ids
+
+
+async def test_list_pagination_is_stable_without_gaps(store: Store) -> None:
+    # 40 timestamps x 3 sessions: ties on created_at must be broken by id, across pages.
+    base = 1_700_000_000.0
+    await asyncio.gather(
+        *(make_session(store, id=f"p-{i:03d}", created_at=base + i // 3) for i in range(120))
+    )
+    seen: list[Session] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.list_sessions(T, cursor=cursor, limit=50)
+        pages += 1
+        seen.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert pages == 3
+    assert [len(seen[:50]), len(seen[50:100]), len(seen[100:])] == [50, 50, 20]
+    keys = [(s.created_at, s.id) for s in seen]
+    assert keys == sorted(keys, reverse=True)
+    assert len(set(keys)) == 120
+    assert {s.id for s in seen} == {f"p-{i:03d}" for i in range(120)}
+
+
+async def test_list_exact_page_has_no_dangling_cursor(store: Store) -> None:
+    for i in range(4):
+        await make_session(store, created_at=1_700_000_000.0 + i)
+    first = await store.list_sessions(T, limit=2)
+    assert len(first.items) == 2 and first.next_cursor is not None
+    second = await store.list_sessions(T, limit=2, cursor=first.next_cursor)
+    assert len(second.items) == 2 and second.next_cursor is None
+
+
+async def test_list_rejects_bad_cursor_and_limit(store: Store) -> None:
+    with pytest.raises(InvalidInput):
+        await store.list_sessions(T, cursor="not a cursor!")
+    with pytest.raises(InvalidInput):
+        await store.list_sessions(T, limit=0)
+
+
+async def test_delete_removes_events_and_runs(store: Store) -> None:
+    session = await make_session(store)
+    run = RunRecord(id=new_id("r"), session_id=session.id, agent="helper", status="running")
+    await store.append(T, session.id, [message("hi", run.id), message("there")], 0, run=run)
+    other_run = RunRecord(id=new_id("r"), session_id=session.id, agent="helper")
+    await store.put_run(other_run)
+    await store.acquire_lease(T, session.id, "worker-1", 30)
+
+    assert await store.delete_session(T, session.id) is True
+    assert await store.delete_session(T, session.id) is False
+    with pytest.raises(SessionNotFound):
+        await store.get_session(T, session.id)
+    with pytest.raises(SessionNotFound):
+        await store.read_events(T, session.id)
+    for run_id in (run.id, other_run.id):
+        with pytest.raises(RunNotFound):
+            await store.get_run(T, run_id)
+    assert await store.list_runs(T, session_id=session.id) == []
+    assert await store.list_runs(T) == []
+
+    # A new session under the same id starts clean: nothing of the old one comes back.
+    again = await make_session(store, id=session.id)
+    assert (again.version, again.last_seq) == (0, 0)
+    assert await store.read_events(T, session.id) == []
+    assert await store.acquire_lease(T, session.id, "worker-2", 30) is True
+
+
+# -- state --------------------------------------------------------------------------------
+async def test_patch_state_merges_deletes_and_bumps_version(store: Store) -> None:
+    session = await make_session(store, state={"a": 1, "b": {"x": 1, "y": 2}, "c": "keep"})
+    patched = await store.patch_state(T, session.id, {"a": 2, "b": {"x": 9}, "c": None, "d": []})
+    # Shallow: "b" is replaced whole, not merged; None deletes.
+    assert patched.state == {"a": 2, "b": {"x": 9}, "d": []}
+    assert patched.version == 1
+    assert patched.updated_at >= session.updated_at
+    assert await store.get_session(T, session.id) == patched
+    deleted_missing = await store.patch_state(T, session.id, {"zzz": None})
+    assert deleted_missing.state == patched.state and deleted_missing.version == 2
+
+
+async def test_patch_state_compare_and_set(store: Store) -> None:
+    session = await make_session(store)
+    first = await store.patch_state(T, session.id, {"k": 1}, expected_version=0)
+    assert first.version == 1
+    with pytest.raises(VersionConflict) as info:
+        await store.patch_state(T, session.id, {"k": 2}, expected_version=0)
+    assert (info.value.expected, info.value.actual) == (0, 1)
+    assert (await store.get_session(T, session.id)).state == {"k": 1}
+    # None: unconditional.
+    assert (await store.patch_state(T, session.id, {"k": 3})).version == 2
+    await store.append(T, session.id, [message("m")], expected_version=2)
+    # Appends and patches share one version counter.
+    with pytest.raises(VersionConflict):
+        await store.patch_state(T, session.id, {"k": 4}, expected_version=2)
+    assert (await store.patch_state(T, session.id, {"k": 4}, expected_version=3)).version == 4
+    with pytest.raises(SessionNotFound):
+        await store.patch_state(T, "missing", {"k": 1})
+
+
+# -- the event log ------------------------------------------------------------------------
+async def test_append_assigns_seq_in_place_and_bumps_version(store: Store) -> None:
+    session = await make_session(store)
+    batch = [message("one"), Event(type="tool.call", data={"name": "f"}), message("three")]
+    assert all(e.seq == 0 for e in batch)
+    version = await store.append(T, session.id, batch, expected_version=0)
+    assert version == 1
+    assert [e.seq for e in batch] == [1, 2, 3]
+    nxt = [message("four")]
+    assert await store.append(T, session.id, nxt, expected_version=1) == 2
+    assert nxt[0].seq == 4
+    got = await store.get_session(T, session.id)
+    assert (got.version, got.last_seq) == (2, 4)
+    assert await store.read_events(T, session.id) == [*batch, *nxt]
+
+
+async def test_append_stale_version_writes_nothing(store: Store) -> None:
+    session = await make_session(store)
+    await store.append(T, session.id, [message("first")], expected_version=0)
+    run = RunRecord(id=new_id("r"), session_id=session.id, agent="helper")
+    stale = [message("late"), message("later")]
+    with pytest.raises(VersionConflict) as info:
+        await store.append(T, session.id, stale, expected_version=0, run=run)
+    assert (info.value.session_id, info.value.expected, info.value.actual) == (session.id, 0, 1)
+    assert [e.seq for e in stale] == [0, 0]
+    got = await store.get_session(T, session.id)
+    assert (got.version, got.last_seq) == (1, 1)
+    assert [e.data["content"] for e in await store.read_events(T, session.id)] == ["first"]
+    with pytest.raises(RunNotFound):
+        await store.get_run(T, run.id)
+    with pytest.raises(SessionNotFound):
+        await store.append(T, "missing", [message("x")], expected_version=0)
+
+
+async def test_append_upserts_run_in_the_same_step(store: Store) -> None:
+    session = await make_session(store)
+    run = RunRecord(id=new_id("r"), session_id=session.id, agent="helper", input="hello")
+    run.status = "running"
+    v = await store.append(T, session.id, [Event(type="run.started", run_id=run.id)], 0, run=run)
+    assert (await store.get_run(T, run.id)).status == "running"
+    run.status, run.output = "completed", "bye"
+    run.usage = Usage(input_tokens=10, output_tokens=5, cost=0.25)
+    await store.append(T, session.id, [Event(type="run.completed", run_id=run.id)], v, run=run)
+    assert await store.get_run(T, run.id) == run
+    events = await store.read_events(T, session.id)
+    assert [(e.type, e.run_id) for e in events] == [
+        ("run.started", run.id),
+        ("run.completed", run.id),
+    ]
+    foreign = RunRecord(id=new_id("r"), session_id="another-session", agent="helper")
+    with pytest.raises(InvalidInput):
+        await store.append(T, session.id, [message("x")], 2, run=foreign)
+
+
+async def test_concurrent_writers_never_interleave_or_lose_appends(store: Store) -> None:
+    """WRITERS tasks x APPENDS appends to one session, each retrying on a lost CAS."""
+    session = await make_session(store)
+    conflicts = 0
+
+    async def writer(w: int) -> None:
+        nonlocal conflicts
+        for i in range(APPENDS):
+            while True:
+                version = (await store.get_session(T, session.id)).version
+                event = Event(type="message", data={"w": w, "i": i})
+                try:
+                    await store.append(T, session.id, [event], expected_version=version)
+                except VersionConflict:
+                    conflicts += 1
+                    continue
+                assert event.seq > 0
+                break
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(w) for w in range(WRITERS)))
+    elapsed = time.perf_counter() - started
+    total = WRITERS * APPENDS
+    events = await read_all(store, T, session.id)
+    assert len(events) == total
+    assert [e.seq for e in events] == list(range(1, total + 1))
+    per_writer: dict[int, list[int]] = {}
+    for e in events:
+        per_writer.setdefault(e.data["w"], []).append(e.data["i"])
+    assert per_writer == {w: list(range(APPENDS)) for w in range(WRITERS)}
+    got = await store.get_session(T, session.id)
+    assert (got.version, got.last_seq) == (total, total)
+    print(f"\n{store.backend}: {total} appends, {conflicts} conflicts, {elapsed:.2f}s")
+
+
+async def test_read_events_pages_and_tail(store: Store) -> None:
+    session = await make_session(store)
+    version = 0
+    for chunk in range(5):
+        version = await store.append(
+            T, session.id, [message(f"{chunk}-{n}") for n in range(5)], version
+        )
+    page = await store.read_events(T, session.id, after=0, limit=10)
+    assert [e.seq for e in page] == list(range(1, 11))
+    page = await store.read_events(T, session.id, after=20, limit=10)
+    assert [e.seq for e in page] == [21, 22, 23, 24, 25]
+    assert await store.read_events(T, session.id, after=25) == []
+    assert await store.read_events(T, session.id, after=3, limit=0) == []
+    assert [e.seq for e in await store.read_events(T, session.id, after=7, limit=3)] == [8, 9, 10]
+    assert [e.seq for e in await store.tail_events(T, session.id, 4)] == [22, 23, 24, 25]
+    assert len(await store.tail_events(T, session.id, 100)) == 25
+    assert await store.tail_events(T, session.id, 0) == []
+    tail = await store.tail_events(T, session.id, 1)
+    assert tail[0].data == {"role": "user", "content": "4-4"}
+    empty = await make_session(store)
+    assert await store.read_events(T, empty.id) == []
+    assert await store.tail_events(T, empty.id, 5) == []
+    with pytest.raises(SessionNotFound):
+        await store.tail_events(T, "missing", 5)
+
+
+# -- runs ---------------------------------------------------------------------------------
+async def test_runs_put_get_list(store: Store) -> None:
+    s1, s2 = await make_session(store), await make_session(store)
+    base = 1_700_000_000.0
+    runs = [
+        RunRecord(
+            id=f"r-{i}",
+            session_id=(s1 if i % 2 else s2).id,
+            agent="helper",
+            status="completed" if i < 3 else "running",
+            created_at=base + i,
+            updated_at=base + i,
+        )
+        for i in range(5)
+    ]
+    for run in runs:
+        await store.put_run(run)
+    assert await store.get_run(T, "r-3") == runs[3]
+    assert [r.id for r in await store.list_runs(T)] == ["r-4", "r-3", "r-2", "r-1", "r-0"]
+    assert [r.id for r in await store.list_runs(T, session_id=s1.id)] == ["r-3", "r-1"]
+    assert [r.id for r in await store.list_runs(T, status="completed")] == ["r-2", "r-1", "r-0"]
+    assert [r.id for r in await store.list_runs(T, session_id=s2.id, status="running")] == ["r-4"]
+    assert [r.id for r in await store.list_runs(T, limit=2)] == ["r-4", "r-3"]
+
+    replaced = RunRecord(
+        id="r-3",
+        session_id=s1.id,
+        agent="helper",
+        status="failed",
+        input="question",
+        output=None,
+        deadline=base + 100.5,
+        attempt=2,
+        usage=Usage(input_tokens=3, output_tokens=4, cost=0.001),
+        error={"type": "model_error", "message": "boom", "retryable": True},
+        created_at=base + 3,
+        updated_at=base + 50,
+    )
+    await store.put_run(replaced)
+    assert await store.get_run(T, "r-3") == replaced
+    assert [r.id for r in await store.list_runs(T, status="failed")] == ["r-3"]
+    with pytest.raises(RunNotFound):
+        await store.get_run(T, "r-404")
+    with pytest.raises(SessionNotFound):
+        await store.put_run(RunRecord(id="r-x", session_id="missing", agent="helper"))
+    with pytest.raises(InvalidInput):
+        await store.list_runs(T, limit=0)
+
+
+# -- leases -------------------------------------------------------------------------------
+async def test_leases(store: Store) -> None:
+    session = await make_session(store)
+    sid = session.id
+    assert await store.acquire_lease(T, sid, "a", 30) is True
+    assert await store.acquire_lease(T, sid, "a", 30) is True  # renewal by the holder
+    assert await store.acquire_lease(T, sid, "b", 30) is False
+    await store.release_lease(T, sid, "b")  # not the holder: no effect
+    assert await store.acquire_lease(T, sid, "b", 30) is False
+    await store.release_lease(T, sid, "a")
+    assert await store.acquire_lease(T, sid, "b", 30) is True
+    await store.release_lease(T, sid, "b")
+    await store.release_lease(T, sid, "b")  # releasing a free lease is fine
+    with pytest.raises(SessionNotFound):
+        await store.acquire_lease(T, "missing", "a", 30)
+    with pytest.raises(InvalidInput):
+        await store.acquire_lease(T, sid, "a", 0)
+
+
+async def test_expired_lease_is_free(store: Store) -> None:
+    session = await make_session(store)
+    assert await store.acquire_lease(T, session.id, "a", 0.05)
+    # No event marks an expiry on a shared clock: poll, bounded.
+    deadline = time.monotonic() + 5
+    while not await store.acquire_lease(T, session.id, "b", 30):
+        assert time.monotonic() < deadline, "an expired lease was never released"
+        await asyncio.sleep(0.02)
+    assert await store.acquire_lease(T, session.id, "a", 30) is False
+
+
+# -- TTL ----------------------------------------------------------------------------------
+async def test_expire_sessions(store: Store) -> None:
+    # Expiry times far in the future of the wall clock, so only the `now` we pass counts
+    # (a backend with native TTLs must not have removed them on its own).
+    base = time.time() + 10_000
+    old = [await make_session(store, expires_at=base + i) for i in range(3)]
+    young = await make_session(store, expires_at=base + 1_000)
+    forever = await make_session(store)
+    other_tenant = await make_session(store, tenant="t-other", expires_at=base)
+    for s in old:
+        run = RunRecord(id=new_id("r"), session_id=s.id, agent="helper")
+        await store.append(T, s.id, [message("bye")], 0, run=run)
+
+    assert await store.expire_sessions(base - 1) == 0
+    assert await store.expire_sessions(base + 2) == 4  # <= now: the boundary is included
+    for s in old:
+        with pytest.raises(SessionNotFound):
+            await store.get_session(T, s.id)
+    with pytest.raises(SessionNotFound):
+        await store.get_session("t-other", other_tenant.id)
+    assert await store.list_runs(T) == []
+    assert (await store.get_session(T, young.id)).id == young.id
+    assert (await store.get_session(T, forever.id)).id == forever.id
+    assert await store.expire_sessions(base + 2) == 0
+    recreated = await make_session(store, id=old[0].id)
+    assert recreated.last_seq == 0 and await store.read_events(T, recreated.id) == []
+
+
+# -- tenants ------------------------------------------------------------------------------
+async def test_tenant_isolation(store: Store) -> None:
+    a, b = "tenant-a", "tenant-b"
+    sid = new_id()
+    mine = await make_session(store, tenant=a, id=sid, agent="agent-a", state={"owner": "a"})
+    run = RunRecord(id=new_id("r"), session_id=sid, tenant=a, agent="agent-a", status="running")
+    await store.append(a, sid, [message("secret", run.id)], 0, run=run)
+    assert await store.acquire_lease(a, sid, "owner-a", 30)
+
+    # B knows the ids but has no such session: every method says so, none reveals A's.
+    with pytest.raises(SessionNotFound):
+        await store.get_session(b, sid)
+    assert (await store.list_sessions(b)).items == []
+    with pytest.raises(SessionNotFound):
+        await store.patch_state(b, sid, {"owner": "b"})
+    with pytest.raises(SessionNotFound):
+        await store.append(b, sid, [message("intrusion")], 1)
+    with pytest.raises(SessionNotFound):
+        await store.read_events(b, sid)
+    with pytest.raises(SessionNotFound):
+        await store.tail_events(b, sid, 10)
+    assert await store.delete_session(b, sid) is False
+    with pytest.raises(RunNotFound):
+        await store.get_run(b, run.id)
+    assert await store.list_runs(b) == []
+    assert await store.list_runs(b, session_id=sid) == []
+    with pytest.raises(SessionNotFound):
+        await store.acquire_lease(b, sid, "owner-b", 30)
+    await store.release_lease(b, sid, "owner-a")
+    with pytest.raises(SessionNotFound):
+        await store.put_run(RunRecord(id=run.id, session_id=sid, tenant=b, agent="agent-b"))
+    assert await store.expire_sessions(0) == 0
+
+    # B's own session under the same id is a different session in every respect.
+    theirs = await make_session(store, tenant=b, id=sid, agent="agent-b")
+    assert theirs.version == 0
+    assert await store.append(b, sid, [message("b's own")], 0) == 1
+    assert [e.data["content"] for e in await store.read_events(b, sid)] == ["b's own"]
+    assert await store.acquire_lease(b, sid, "owner-b", 30) is True
+    b_run = RunRecord(id=run.id, session_id=sid, tenant=b, agent="agent-b", status="queued")
+    await store.put_run(b_run)
+    assert await store.get_run(b, run.id) == b_run
+    assert [s.id for s in (await store.list_sessions(b)).items] == [sid]
+    assert await store.delete_session(b, sid) is True
+
+    # A's session, log, run and lease are untouched.
+    got = await store.get_session(a, sid)
+    assert got.agent == "agent-a" and got.state == {"owner": "a"} and got.version == 1
+    assert [e.data["content"] for e in await store.read_events(a, sid)] == ["secret"]
+    assert await store.get_run(a, run.id) == run
+    assert await store.acquire_lease(a, sid, "owner-x", 30) is False
+    assert [s.id for s in (await store.list_sessions(a)).items] == [sid]
+    assert mine.tenant == a
+
+
+# -- payloads -----------------------------------------------------------------------------
+UNICODE = "héllo 👋🏽 👨‍👩‍👧‍👦 مرحبا بالعالم שלום עולם 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \u200f\u202e e\u0301 \\ \" \n\t"
+
+
+async def test_unicode_round_trips(store: Store) -> None:
+    sid = f"sess-✓-日本-{uuid.uuid4().hex[:6]}"
+    session = await make_session(
+        store,
+        id=sid,
+        agent="ассистент",
+        user_id="ユーザー",
+        state={UNICODE: UNICODE, "list": [UNICODE, "🙂"]},
+        metadata={"title": UNICODE},
+    )
+    assert await store.get_session(T, sid) == session
+    assert [s.id for s in (await store.list_sessions(T, user_id="ユーザー")).items] == [sid]
+    run = RunRecord(id=f"run-🚀-{uuid.uuid4().hex[:6]}", session_id=sid, agent="ассистент")
+    run.input = UNICODE
+    event = Event(type="message", data={"role": "user", "content": UNICODE, UNICODE: 1})
+    await store.append(T, sid, [event], 0, run=run)
+    assert await store.read_events(T, sid) == [event]
+    assert await store.get_run(T, run.id) == run
+    patched = await store.patch_state(T, sid, {"🔑": "مفتاح"})
+    assert (await store.get_session(T, sid)).state["🔑"] == "مفتاح" == patched.state["🔑"]
+
+
+def mib_text(seed: str) -> str:
+    # Mixed widths (1-4 UTF-8 bytes) so no backend gets away with ASCII-only handling.
+    unit = f"{seed} αβγ €😀 "
+    return unit * (1024 * 1024 // len(unit.encode()) + 1)
+
+
+async def test_one_mebibyte_state_and_event(store: Store) -> None:
+    big = mib_text("state")
+    assert len(big.encode()) >= 1024 * 1024
+    session = await make_session(store, state={"blob": big})
+    assert (await store.get_session(T, session.id)).state["blob"] == big
+    content = mib_text("event")
+    event = Event(type="message", data={"role": "assistant", "content": content})
+    await store.append(T, session.id, [event], 0)
+    assert (await store.read_events(T, session.id))[0].data["content"] == content
+    assert (await store.tail_events(T, session.id, 1))[0] == event
+    patched = await store.patch_state(T, session.id, {"more": content})
+    assert patched.state == {"blob": big, "more": content}
