@@ -67,7 +67,8 @@ class Latch:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, future)
 
-    async def wait(self, timeout: float | None = None) -> None:
+    async def wait(self) -> None:
+        """Wait until open (callers bound it with `asyncio.timeout`)."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._flag.is_set():
@@ -75,8 +76,7 @@ class Latch:
             future: asyncio.Future[None] = loop.create_future()
             self._waiters.append((loop, future))
         try:
-            async with asyncio.timeout(timeout):
-                await future
+            await future
         finally:
             with self._lock, contextlib.suppress(ValueError):
                 self._waiters.remove((loop, future))
@@ -127,7 +127,9 @@ class Serve(Protocol):
 
 def example_agents() -> list[Agent]:
     """Fresh `weather` and `calculator` agents from examples/ (demo model)."""
-    return load_agents([str(EXAMPLES / "weather.py"), str(EXAMPLES / "calculator.py")])
+    agents: list[Agent] = load_agents([str(EXAMPLES / "weather.py"),
+                                       str(EXAMPLES / "calculator.py")])
+    return agents
 
 
 @contextlib.contextmanager
@@ -166,6 +168,21 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     ~0.3 s)."""
     with serving(tmp_path_factory.mktemp("demo")) as start:
         yield start()
+
+
+@pytest.fixture(scope="module", params=STORES)
+def each_store(request: pytest.FixtureRequest,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The example agents served on each store backend, shared by a module's tests."""
+    with serving(tmp_path_factory.mktemp("stores")) as start:
+        yield start(*example_agents(), store=request.param)
+
+
+@pytest.fixture
+def http(each_store: LiveServer) -> Iterator[httpx.Client]:
+    """A client of `each_store`: the test runs once per store backend."""
+    with httpx.Client(base_url=each_store.url, timeout=WAIT_S) as client:
+        yield client
 
 
 @pytest.fixture
@@ -225,13 +242,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S,
         time.sleep(0.005)
 
 
-async def await_until(predicate: Callable[[], bool], timeout: float = WAIT_S,
-                      what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+async def await_until(predicate: Callable[[], bool], what: str = "condition") -> None:
+    """`wait_until` for async tests. The fact lives in the server's thread, which has no
+    event the test's loop could await: poll it."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                if predicate():
+                    return
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise TimeoutError(f"timed out waiting for {what}") from None
 
 
 # -- server-sent events -----------------------------------------------------------------------

@@ -5,41 +5,21 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from roost import Agent
-from roost.testing.live import LiveServer
 from roost.testing.scripted import ScriptedModel, call
 from tests.server.conftest import (
-    STORES,
     WAIT_S,
     Hold,
     Serve,
     assert_problem,
-    example_agents,
     new_session,
-    serving,
     session_events,
     wait_until,
 )
-
-
-@pytest.fixture(scope="module", params=STORES)
-def shared(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The example agents served on each store backend, shared by this module's tests: each
-    test works in its own sessions (and lists them by its own user ids)."""
-    with serving(tmp_path_factory.mktemp("sessions")) as start:
-        yield start(*example_agents(), store=request.param)
-
-
-@pytest.fixture
-def http(shared: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared.url, timeout=WAIT_S) as client:
-        yield client
 
 
 @pytest.fixture

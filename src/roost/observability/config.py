@@ -36,7 +36,8 @@ class ObservabilityConfig(BaseModel):
 
     metrics: bool = True
     # A separate port serving only /metrics (any path answers); None: the app serves /metrics.
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # 0 picks a free port (see `Observability.metrics_port`).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_host: str = "0.0.0.0"
     # PROMETHEUS_MULTIPROC_DIR for several worker processes; the env var is honoured when unset.
     multiprocess_dir: str | None = None

@@ -200,7 +200,7 @@ class StatsCollector:
         self._providers: dict[str, tuple[StatsProvider, Mapping[str, tuple[str, ...]]]] = {}
         self._max_label_values = max_label_values
         self._guards: dict[tuple[str, int], LabelGuard] = {}
-        self._failing: dict[str, str] = {}
+        self._reported: dict[str, set[str]] = {}
         # Multiprocess mirror: metric objects, last counter values, label sets last written.
         self._mirror: dict[str, Any] = {}
         self._counter_last: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -213,6 +213,7 @@ class StatsCollector:
 
     def unregister(self, name: str) -> None:
         self._providers.pop(name, None)
+        self._reported.pop(name, None)
 
     def families(self) -> list[_Family]:
         """One snapshot of every provider, flattened, label-capped and combined."""
@@ -223,7 +224,6 @@ class StatsCollector:
             except Exception as exc:  # a broken provider must not break the scrape
                 self._report(name, f"{type(exc).__name__}: {exc}")
                 continue
-            self._failing.pop(name, None)
             for key, value in stats.items():
                 if not key.isidentifier() or key in _BUILTIN_NAMES:
                     self._report(name, f"invalid or reserved statistics key {key!r}")
@@ -312,9 +312,10 @@ class StatsCollector:
         return found
 
     def _report(self, name: str, problem: str) -> None:
-        # Once per distinct problem, not once per scrape.
-        if self._failing.get(name) != problem:
-            self._failing[name] = problem
+        # Once per distinct problem, not once per scrape (and a bounded memory of them).
+        reported = self._reported.setdefault(name, set())
+        if problem not in reported and len(reported) < 100:
+            reported.add(problem)
             log.warning("statistics provider failed", extra={"provider": name, "problem": problem})
 
 

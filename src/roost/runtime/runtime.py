@@ -41,7 +41,7 @@ from roost.errors import (
 )
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
-from roost.runtime.admission import AdmissionController, Slot
+from roost.runtime.admission import AdmissionController, Priority, Slot
 from roost.runtime.bus import RunChannel
 from roost.runtime.cache import CachedSession, SessionCache
 from roost.runtime.lanes import SessionLanes
@@ -289,13 +289,14 @@ class Runtime:
 
     # -- turns ----------------------------------------------------------------------------
     async def submit_turn(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
-                          timeout_s: float | None = None, priority: str = "interactive") -> RunHandle:
+                          timeout_s: float | None = None,
+                          priority: Priority = "interactive") -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy."""
         if self.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
         # Admission first: the overload decision costs microseconds and no store work.
-        slot = self.admission.reserve(tenant, priority=priority,  # type: ignore[arg-type]
+        slot = self.admission.reserve(tenant, priority=priority,
                                       deadline=time.monotonic() + (timeout_s or self._max_timeout))
         try:
             entry = await self._cached(tenant, session_id)
@@ -344,15 +345,18 @@ class Runtime:
         key = (handle.run.tenant, handle.run.session_id)
         run = handle.run
         leased = False
-        started_at = time.monotonic()
+        acquired_at: float | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 if lane_wait is not None:
                     await lane_wait
                 if hosted.state != "running":
                     await hosted.resumed.wait()
-                await slot.acquire()
-                if self._shared:
+            # The slot enforces the same deadline itself (RunTimeout), counted as expired.
+            await slot.acquire()
+            acquired_at = time.monotonic()
+            if self._shared:
+                async with asyncio.timeout_at(deadline):
                     leased = await self._take_lease(run, hosted)
                     await self._refresh(entry)
             await self._execute(handle, hosted, entry, deadline)
@@ -372,7 +376,9 @@ class Runtime:
                 with contextlib.suppress(RoostError):
                     await self.store.release_lease(run.tenant, run.session_id, self.instance_id)
             self.lanes.leave(key, handle)
-            slot.release(latency_s=time.monotonic() - started_at, ok=run.status == "completed")
+            # The limiter learns from the time a slot was held, not the wait before it.
+            slot.release(latency_s=None if acquired_at is None else time.monotonic() - acquired_at,
+                         ok=run.status == "completed")
             handle.channel.close()
             self.runs.pop(run.id, None)
             if not handle.done.done():

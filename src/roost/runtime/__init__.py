@@ -1,0 +1,1 @@
+"""The runtime: admission, session lanes, the hot-session cache, run channels, lifecycle."""
