@@ -165,8 +165,12 @@ class ModelError(RunFailure):
         retry_after: float | None = None,
         provider: str | None = None,
         kind: str = "error",
+        after_output: bool = False,
     ) -> None:
         super().__init__(message)
+        # True when the failing call had already streamed tokens to the client: retrying
+        # or falling back would show a second, different answer, so wrappers must not.
+        self.after_output = after_output
         # What went wrong, for wrappers to decide on: "rate_limited", "overloaded" (5xx),
         # "timeout", "connection", "malformed", "context_overflow", "bad_request", "auth",
         # "circuit_open", "deadline", "error".

@@ -32,6 +32,9 @@ class ModelRegistry:
         self.providers = providers or {}
         self.aliases = aliases or {}
         self._models: dict[str, Model] = {}
+        # Breakers, retry budgets and rate limiters shared by every alias of this registry,
+        # created lazily (importing the wrappers only when a policy is configured).
+        self._policy_state: Any = None
 
     def resolve(self, ref: str | Model) -> Model:
         if not isinstance(ref, str):
@@ -39,6 +42,18 @@ class ModelRegistry:
         model = self._models.get(ref)
         if model is None:
             model = self._build(ref, ())
+            self._models[ref] = model
+        return model
+
+    @property
+    def policy_state(self) -> Any:
+        """The shared wrapper state (breakers, budgets, limiters) for metrics; None if unused."""
+        return self._policy_state
+
+    def _resolve_in(self, ref: str, seen: tuple[str, ...]) -> Model:
+        model = self._models.get(ref)
+        if model is None:
+            model = self._build(ref, seen)
             self._models[ref] = model
         return model
 
@@ -52,10 +67,13 @@ class ModelRegistry:
         if alias is not None:
             base = self._provider_model(alias.provider, alias.model, alias.settings, f"models.{ref}")
             if alias.policy:
-                from roost.models.wrappers import apply_policies
+                from roost.models.wrappers import PolicyState, apply_policies
 
+                if self._policy_state is None:
+                    self._policy_state = PolicyState()
                 return apply_policies(base, alias.policy,
-                                      resolve=lambda name: self._build(name, (*seen, ref)))
+                                      resolve=lambda name: self._resolve_in(name, (*seen, ref)),
+                                      shared=self._policy_state, key=f"models.{ref}.policy")
             return base
         provider, sep, name = ref.partition(":")
         if not sep or not name:
@@ -81,7 +99,7 @@ class ModelRegistry:
         if spec["type"] == "anthropic":
             from roost.models.anthropic import AnthropicModel
 
-            return AnthropicModel(model, **common)  # type: ignore[return-value]
+            return AnthropicModel(model, provider=provider, settings=settings or None, **common)
         from roost.models.openai_compat import OpenAICompatModel
 
         return OpenAICompatModel(model, provider=provider, settings=settings or None, **common)

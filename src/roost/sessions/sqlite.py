@@ -68,6 +68,11 @@ _IDLE_POLL_S: Final = 0.5
 # Sessions deleted per write operation by expire_sessions: each cascades to its events, and
 # one huge transaction would stall every other writer behind it.
 _EXPIRE_CHUNK: Final = 100
+# Background WAL checkpoints: after this many write ops or commits, whichever comes first
+# (SQLite's own default is every 1000 WAL pages; a small commit dirties 3-5 pages).
+_CHECKPOINT_AFTER_OPS: Final = 1000
+_CHECKPOINT_AFTER_COMMITS: Final = 250
+_WAL_BACKSTOP_PAGES: Final = 20_000
 
 # -- schema -------------------------------------------------------------------------------
 # Migration N (1-based) is _MIGRATIONS[N - 1]; append new ones, never edit applied ones.
@@ -134,6 +139,8 @@ class SQLiteStatistics:
     write_ops_failed: int = 0
     largest_batch: int = 0
     read_ops: int = 0
+    checkpoints: int = 0
+    chore_failures: int = 0
     writes_queued: int = 0
     reads_queued: int = 0
 
@@ -180,6 +187,10 @@ class SQLiteStore:
         self._reads: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._lifecycle = asyncio.Lock()
+        # Writer-thread state for background checkpoints (see _after_write_batch).
+        self._checkpoint_pending = False
+        self._ops_since_checkpoint = 0
+        self._commits_since_checkpoint = 0
 
     # -- lifecycle --------------------------------------------------------------
     async def open(self) -> None:
@@ -187,6 +198,7 @@ class SQLiteStore:
             if self._workers:
                 return
             self._writes, self._reads = queue.SimpleQueue(), queue.SimpleQueue()
+            self._checkpoint_pending = False
             # The writer goes first: it sets WAL mode and migrates before any reader connects.
             writer = _Worker(
                 "roost-sqlite-writer",
@@ -195,6 +207,7 @@ class SQLiteStore:
                 _run_write_batch,
                 self._batch_max,
                 self,
+                after_batch=self._after_write_batch,
             )
             self._workers = [writer]
             try:
@@ -383,6 +396,32 @@ class SQLiteStore:
             target.put((fn, args, loop, future))
         return future
 
+    def _after_write_batch(self, ops: int) -> None:
+        """Writer thread: ask a reader to checkpoint the WAL once enough has been written.
+
+        SQLite's own auto-checkpoint would run inside the writer's COMMIT and stall every
+        batch queued behind it for milliseconds (it was most of the p99 append latency); a
+        reader connection copies the WAL back while the writer keeps committing.
+        """
+        self._ops_since_checkpoint += ops
+        self._commits_since_checkpoint += 1
+        if self._checkpoint_pending or (
+            self._ops_since_checkpoint < _CHECKPOINT_AFTER_OPS
+            and self._commits_since_checkpoint < _CHECKPOINT_AFTER_COMMITS
+        ):
+            return
+        self._checkpoint_pending = True
+        self._ops_since_checkpoint = self._commits_since_checkpoint = 0
+        self._reads.put(self._checkpoint)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Reader thread: a PASSIVE checkpoint never waits for the writer or other readers."""
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self._stats.checkpoints += 1
+        finally:
+            self._checkpoint_pending = False
+
     def _refuse(self, reason: str) -> None:
         """Called by a worker thread that stops on its own: later calls fail fast."""
         with self._gate:
@@ -414,6 +453,9 @@ class SQLiteStore:
                 raise StoreError(f"{self.path}: cannot use WAL journal mode (got {mode})")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Checkpoints run on a reader (see _after_write_batch); this is only the backstop
+            # that bounds the WAL if they cannot keep up.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_BACKSTOP_PAGES}")
             # Keep the WAL file from staying huge after a burst; 64 MiB.
             conn.execute("PRAGMA journal_size_limit = 67108864")
             _migrate(conn)
@@ -442,11 +484,14 @@ class SQLiteStore:
 
 # -- worker threads ------------------------------------------------------------------------
 # An operation: the function to run on the connection, its arguments, and where its result
-# goes. An outcome: (future, ok, result or exception).
+# goes. An outcome: (future, ok, result or exception). A chore is internal work with no
+# caller waiting (a WAL checkpoint). `_STOP` tells one worker to finish.
 _Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any]]
-_Item = _Op | None
+_Chore = Callable[[sqlite3.Connection], None]
+_Item = _Op | _Chore | None
 _Outcome = tuple[asyncio.Future[Any], bool, Any]
 _STOP: Final = None
+_BatchRunner = Callable[[sqlite3.Connection, list[_Op], SQLiteStatistics], list[_Outcome]]
 
 
 class _Worker:
@@ -457,13 +502,15 @@ class _Worker:
         name: str,
         work: queue.SimpleQueue[_Item],
         connect: Callable[[], sqlite3.Connection],
-        run_batch: Callable[[sqlite3.Connection, list[_Op], SQLiteStatistics], list[_Outcome]],
+        run_batch: _BatchRunner,
         batch_max: int,
         store: SQLiteStore,
+        after_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.queue = work
         self._connect = connect
         self._run_batch = run_batch
+        self._after_batch = after_batch
         self._batch_max = batch_max
         self._store = store
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -475,7 +522,7 @@ class _Worker:
         await asyncio.wrap_future(self._ready)
 
     async def join(self) -> None:
-        if not self._thread.is_alive() and not self._thread.ident:
+        if self._thread.ident is None:
             return  # never started
         # Waiting on a future, not on join(): the loop keeps running while the queue drains.
         await asyncio.wrap_future(self._stopped)
@@ -518,17 +565,26 @@ class _Worker:
                 continue
             if item is _STOP:
                 return
-            batch, stop = [item], False
-            while len(batch) < batch_max:
+            batch: list[_Op] = []
+            stop = False
+            while True:
+                if isinstance(item, tuple):
+                    batch.append(item)
+                elif item is _STOP:
+                    stop = True
+                    break
+                else:
+                    _run_chore(conn, item, stats)
+                if len(batch) >= batch_max:
+                    break
                 try:
                     item = work.get_nowait()
                 except queue.Empty:
                     break
-                if item is _STOP:
-                    stop = True
-                    break
-                batch.append(item)
-            _deliver(self._run_batch(conn, batch, stats))
+            if batch:
+                _deliver(self._run_batch(conn, batch, stats))
+                if self._after_batch is not None:
+                    self._after_batch(len(batch))
             if stop:
                 return
 
@@ -539,9 +595,17 @@ class _Worker:
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if isinstance(item, tuple):
                 outcomes.append((item[3], False, StoreUnavailable("sqlite store stopped")))
         _deliver(outcomes)
+
+
+def _run_chore(conn: sqlite3.Connection, chore: _Chore, stats: SQLiteStatistics) -> None:
+    try:
+        chore(conn)
+    except Exception:
+        # Chores are retried by whoever scheduled them; a failure is only counted.
+        stats.chore_failures += 1
 
 
 def _run_write_batch(
@@ -552,20 +616,28 @@ def _run_write_batch(
     outcomes: list[_Outcome] = []
     if not live:
         return outcomes
+    # A lone op needs no savepoint: its failure rolls back the whole transaction.
+    alone = len(live) == 1
     try:
         conn.execute("BEGIN IMMEDIATE")
         for fn, args, _, future in live:
-            conn.execute("SAVEPOINT op")
+            if not alone:
+                conn.execute("SAVEPOINT op")
             try:
                 value = fn(conn, *args)
             except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
                 outcomes.append((future, False, _translate(exc)))
+                if alone:
+                    _rollback_quietly(conn)
+                else:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
             else:
-                conn.execute("RELEASE op")
+                if not alone:
+                    conn.execute("RELEASE op")
                 outcomes.append((future, True, value))
-        conn.execute("COMMIT")
+        if conn.in_transaction:
+            conn.execute("COMMIT")
     except sqlite3.Error as exc:
         # BEGIN, a savepoint or COMMIT failed: nothing of this batch is durable. Ops that had
         # failed on their own keep their error; every other op gets the batch's.
@@ -777,10 +849,12 @@ def _append(
         "UPDATE sessions SET version = ?, last_seq = ?, updated_at = ? WHERE tenant = ? AND id = ?",
         (version + 1, last_seq + len(rows), updated_at, tenant, session_id),
     )
-    if rows:
+    if len(rows) == 1:
+        run_id, type_, data, ts = rows[0]
+        conn.execute(_INSERT_EVENT, (tenant, session_id, last_seq + 1, run_id, type_, data, ts))
+    elif rows:
         conn.executemany(
-            "INSERT INTO events (tenant, session_id, seq, run_id, type, data, ts)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_EVENT,
             [
                 (tenant, session_id, last_seq + n, run_id, type_, data, ts)
                 for n, (run_id, type_, data, ts) in enumerate(rows, start=1)
@@ -818,6 +892,10 @@ def _tail_events(conn: sqlite3.Connection, tenant: str, session_id: str, limit: 
     return [_event_from_row(row) for row in rows]
 
 
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (tenant, session_id, seq, run_id, type, data, ts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 _UPSERT_RUN: Final = (
     f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, id) DO UPDATE SET session_id = excluded.session_id,"

@@ -97,7 +97,7 @@ def not_retryable(error: ModelError, note: str) -> ModelError:
 
 def output_already_streamed(error: ModelError) -> bool:
     """True when `error` was raised after text reached the consumer (see `mark_streamed`)."""
-    return bool(getattr(error, "after_output", False))
+    return error.after_output
 
 
 def mark_streamed(error: ModelError) -> ModelError:
@@ -105,7 +105,7 @@ def mark_streamed(error: ModelError) -> ModelError:
     if output_already_streamed(error):
         return error
     marked = not_retryable(error, "after output was streamed")
-    marked.after_output = True  # type: ignore[attr-defined]
+    marked.after_output = True
     return marked
 
 
