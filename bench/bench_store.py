@@ -7,7 +7,8 @@ append `--appends` events to each, one event per append, each a compare-and-set 
 version the previous append returned: the shape of a turn's steps, one writer per session,
 many sessions at once. Prints appends/s, p50/p99 append latency and the process CPU spent
 per append (every thread: the store's own threads count). Sessions live in a fresh tenant and
-are deleted afterwards, so the URL may point at a shared PostgreSQL or Redis.
+are deleted afterwards, so the URL may point at a shared PostgreSQL or Redis; `--option`
+passes store options, e.g. `--option schema=bench --option drop_schema_on_close=true`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from roost.sessions import Event, RunRecord, Session, open_store  # noqa: E402
 
 
+def parse_option(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value: object = raw
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                pass
+    return key, value
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
 
 
 async def run(args: argparse.Namespace) -> None:
-    store = open_store(args.url)
+    store = open_store(args.url, **dict(args.option))
     await store.open()
     tenant = f"bench-{uuid.uuid4().hex[:8]}"
     payload = "x" * args.event_bytes
@@ -106,6 +124,14 @@ def main() -> None:
     parser.add_argument("--appends", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--event-bytes", type=int, default=200)
+    parser.add_argument(
+        "--option",
+        type=parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="store option, repeatable (e.g. schema=bench drop_schema_on_close=true)",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
     args = parser.parse_args()
     loop_factory = None

@@ -140,7 +140,11 @@ model = "mock"
     mock = subprocess.Popen(pinned(1, [PYTHON, "-m", "roost.testing.mock_openai", "--port",
                                        str(mock_port), "--latency-ms", str(args.latency_ms)]),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = subprocess.Popen(pinned(0, [PYTHON, "-m", "roost.cli", "serve",
+    # ROOST_BENCH_PROFILE=out.txt: record the server with py-spy (collapsed stacks).
+    profile = os.environ.get("ROOST_BENCH_PROFILE")
+    prefix = ["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking", "-o",
+              profile, "--"] if profile else []
+    server = subprocess.Popen(pinned(0, [*prefix, PYTHON, "-m", "roost.cli", "serve",
                                          str(ROOT / "examples" / "weather.py"), "--config",
                                          str(config), "--log-level", "warning"]),
                               env=env, cwd=workdir, stdout=subprocess.DEVNULL,
@@ -153,12 +157,18 @@ model = "mock"
             os.sched_setaffinity(0, {1})
         asyncio.run(load(base, args.concurrency, args.warmup_sessions, args.turns))
         process = psutil.Process(server.pid)
+        if profile:  # measure the Python child, not py-spy
+            process = next(p for p in process.children(recursive=True) if "python" in p.name())
         before = process.cpu_times()
         latencies, errors, elapsed = asyncio.run(load(base, args.concurrency, args.sessions,
                                                       args.turns))
         after = process.cpu_times()
         rss = process.memory_info().rss
     finally:
+        if profile:  # stop the profiled child; py-spy then writes its output and exits
+            for child in psutil.Process(server.pid).children(recursive=True):
+                child.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
         for proc in (server, mock):
             proc.send_signal(signal.SIGTERM)
         for proc in (server, mock):

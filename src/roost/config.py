@@ -93,6 +93,8 @@ class RuntimeConfig(_Section):
     auto_resume: bool = Field(False, description="resume interrupted runs at start-up")
     lease_ttl_s: float = Field(30.0, gt=0, description="session run lease, shared stores only")
     run_channel_buffer: int = Field(1024, ge=16)
+    store_retry_s: float = Field(1.0, gt=0, description="after a store failure, turns fail fast "
+                                 "with 503 for this long")
 
 
 class ProviderConfig(_Section):

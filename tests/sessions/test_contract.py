@@ -520,7 +520,9 @@ async def test_tenant_isolation(store: Store) -> None:
 
 
 # -- payloads -----------------------------------------------------------------------------
-UNICODE = "héllo 👋🏽 👨‍👩‍👧‍👦 مرحبا بالعالم שלום עולם 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \u200f\u202e e\u0301 \\ \" \n\t"
+UNICODE = (
+    'héllo 👋🏽 👨‍👩‍👧‍👦 مرحبا بالعالم שלום עולם 日本語 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \u200f\u202e e\u0301 \\ " \n\t'
+)
 
 
 async def test_unicode_round_trips(store: Store) -> None:

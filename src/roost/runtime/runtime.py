@@ -37,6 +37,7 @@ from roost.errors import (
     RoostError,
     RunNotFound,
     SessionBusy,
+    StoreUnavailable,
     Unavailable,
 )
 from roost.models.base import Message, Model, ToolSpec
@@ -126,6 +127,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shared = False
         self._max_timeout = 120.0
+        self._store_down_until = 0.0
         for agent in agents:
             self.add_agent(agent)
 
@@ -206,7 +208,15 @@ class Runtime:
         """Raise when this instance should not get traffic (draining, store unreachable)."""
         if self.draining:
             raise Unavailable("draining")
-        await self.store.ping()
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            self._store_failed()
+            raise
+        self._store_down_until = 0.0
+
+    def _store_failed(self) -> None:
+        self._store_down_until = time.monotonic() + self.settings.runtime.store_retry_s
 
     # -- agents ----------------------------------------------------------------------
     def hosted(self, name: str) -> HostedAgent:
@@ -295,11 +305,20 @@ class Runtime:
         when it cannot be taken: draining, agent paused/stopped, overload, session busy."""
         if self.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
+        if self._store_down_until > time.monotonic():
+            # The store failed moments ago: fail fast instead of making every turn wait out
+            # the store's timeouts. `ready()` (readiness probes) keeps probing it.
+            raise StoreUnavailable("the session store is unreachable; retry shortly",
+                                   retry_after=self.settings.runtime.store_retry_s)
         # Admission first: the overload decision costs microseconds and no store work.
         slot = self.admission.reserve(tenant, priority=priority,
                                       deadline=time.monotonic() + (timeout_s or self._max_timeout))
         try:
-            entry = await self._cached(tenant, session_id)
+            try:
+                entry = await self._cached(tenant, session_id)
+            except StoreUnavailable:
+                self._store_failed()
+                raise
             hosted = self.hosted(entry.session.agent)
             limits = hosted.agent.limits
             if not text or not text.strip():
@@ -398,6 +417,8 @@ class Runtime:
         handle.started = True
         try:
             await Runner(ctx).run()
+            if (handle.run.error or {}).get("type") == "store_unavailable":
+                self._store_failed()
         finally:
             conversation = ctx.messages[1:] if hosted.system else ctx.messages
             if handle.run.status != "completed":

@@ -18,6 +18,17 @@ __all__ = [
 
 
 def open_store(url: str, **options: object) -> Store:
+    """Build (not yet open) the store a URL names; see `_build` for the schemes."""
+    from roost.errors import ConfigError
+
+    try:
+        return _build(url, **options)
+    except TypeError as exc:  # an option the backend does not take
+        raise ConfigError(f"invalid store option: {exc}",
+                          [("store.options", str(exc))]) from None
+
+
+def _build(url: str, **options: object) -> Store:
     """Build (not yet open) the store a URL names.
 
     `memory://`, `sqlite:///path/to/roost.db` (`sqlite://` alone: ./.roost/roost.db),

@@ -9,12 +9,13 @@ Layout of the work:
 
 Every write is a function run by the writer thread on its connection. The writer takes
 whatever is queued (up to `batch_max` operations) and runs it in ONE transaction, each
-operation inside its own SAVEPOINT, so a commit (the expensive part) is shared by every
-operation that arrived while the previous batch ran, and an operation that fails (a lost
-compare-and-set, a missing session) is rolled back alone without failing its batch-mates.
-Results go back to the event loop with one `call_soon_threadsafe` per batch. WAL lets the
-readers run beside the writer; a future resolves only after COMMIT, so a read issued after
-an awaited write sees it.
+operation inside its own SAVEPOINT (unless it is alone), so a commit (the expensive part) is
+shared by every operation that arrived while the previous batch ran, and an operation that
+fails (a lost compare-and-set, a missing session) is rolled back alone without failing its
+batch-mates. Results go back to the event loop with one `call_soon_threadsafe` per batch.
+WAL lets the readers run beside the writer; a future resolves only after COMMIT, so a read
+issued after an awaited write sees it. WAL checkpoints run on a reader thread, not inside
+the writer's COMMIT (see `_after_write_batch`).
 
     store = SQLiteStore("/var/lib/roost/roost.db")
     await store.open()
@@ -177,7 +178,6 @@ class SQLiteStore:
         self._batch_max = batch_max
         self._synchronous = synchronous.upper()
         self._read_threads = read_threads
-        self._stats = SQLiteStatistics()
         # Guards `_accepting` against a worker thread that stops on its own (see _Worker):
         # a submission either lands in a queue a worker will drain, or is refused.
         self._gate = threading.Lock()
@@ -238,9 +238,16 @@ class SQLiteStore:
         await self._read(_ping)
 
     def statistics(self) -> SQLiteStatistics:
-        return dataclasses.replace(
-            self._stats, writes_queued=self._writes.qsize(), reads_queued=self._reads.qsize()
+        """Totals since `open()`. Each thread counts its own work, so no count is lost."""
+        total = SQLiteStatistics(
+            writes_queued=self._writes.qsize(), reads_queued=self._reads.qsize()
         )
+        for worker in self._workers:
+            for field in dataclasses.fields(SQLiteStatistics):
+                mine, theirs = getattr(total, field.name), getattr(worker.stats, field.name)
+                merged = max(mine, theirs) if field.name == "largest_batch" else mine + theirs
+                setattr(total, field.name, merged)
+        return total
 
     # -- sessions ---------------------------------------------------------------
     async def create_session(self, session: Session) -> Session:
@@ -280,7 +287,7 @@ class SQLiteStore:
         if len(sessions) > limit:
             del sessions[limit:]
             next_cursor = codec.encode_cursor(sessions[-1].created_at, sessions[-1].id)
-        return Page(items=list(sessions), next_cursor=next_cursor)
+        return Page(items=sessions, next_cursor=next_cursor)
 
     async def delete_session(self, tenant: str, session_id: str) -> bool:
         return await self._write(_delete_session, tenant, session_id)
@@ -346,19 +353,8 @@ class SQLiteStore:
         limit: int = 100,
     ) -> list[RunRecord]:
         _check_limit(limit, minimum=1)
-        where: list[str] = ["tenant = ?"]
-        params: list[Any] = [tenant]
-        if session_id is not None:
-            where.append("session_id = ?")
-            params.append(session_id)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        sql = (
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
-            " ORDER BY created_at DESC, id DESC LIMIT ?"
-        )
-        return await self._read(_select_runs, sql, (*params, limit))
+        sql, params = _list_runs_query(tenant, session_id, status, limit)
+        return await self._read(_select_runs, sql, params)
 
     # -- leases -----------------------------------------------------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
@@ -393,7 +389,7 @@ class SQLiteStore:
         with self._gate:
             if not self._accepting:
                 raise StoreUnavailable(self._refusal)
-            target.put((fn, args, loop, future))
+            target.put((fn, args, future))
         return future
 
     def _after_write_batch(self, ops: int) -> None:
@@ -414,11 +410,11 @@ class SQLiteStore:
         self._ops_since_checkpoint = self._commits_since_checkpoint = 0
         self._reads.put(self._checkpoint)
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection, stats: SQLiteStatistics) -> None:
         """Reader thread: a PASSIVE checkpoint never waits for the writer or other readers."""
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self._stats.checkpoints += 1
+            stats.checkpoints += 1
         finally:
             self._checkpoint_pending = False
 
@@ -483,11 +479,11 @@ class SQLiteStore:
 
 
 # -- worker threads ------------------------------------------------------------------------
-# An operation: the function to run on the connection, its arguments, and where its result
-# goes. An outcome: (future, ok, result or exception). A chore is internal work with no
+# An operation: the function to run on the connection, its arguments, and the future its
+# result goes to (on the future's own loop). An outcome: (future, ok, result or exception). A chore is internal work with no
 # caller waiting (a WAL checkpoint). `_STOP` tells one worker to finish.
-_Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.AbstractEventLoop, asyncio.Future[Any]]
-_Chore = Callable[[sqlite3.Connection], None]
+_Op = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
+_Chore = Callable[[sqlite3.Connection, SQLiteStatistics], None]
 _Item = _Op | _Chore | None
 _Outcome = tuple[asyncio.Future[Any], bool, Any]
 _STOP: Final = None
@@ -508,6 +504,7 @@ class _Worker:
         after_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.queue = work
+        self.stats = SQLiteStatistics()
         self._connect = connect
         self._run_batch = run_batch
         self._after_batch = after_batch
@@ -548,7 +545,7 @@ class _Worker:
             self._stopped.set_result(None)
 
     def _serve(self, conn: sqlite3.Connection) -> None:
-        work, batch_max, stats = self.queue, self._batch_max, self._store._stats
+        work, batch_max, stats = self.queue, self._batch_max, self.stats
         exiting = False
         while True:
             try:
@@ -582,9 +579,12 @@ class _Worker:
                 except queue.Empty:
                     break
             if batch:
-                _deliver(self._run_batch(conn, batch, stats))
+                outcomes = self._run_batch(conn, batch, stats)
+                # Before delivery: a chore it schedules is queued ahead of any read that a
+                # caller issues once it sees its write done.
                 if self._after_batch is not None:
                     self._after_batch(len(batch))
+                _deliver(outcomes)
             if stop:
                 return
 
@@ -596,13 +596,13 @@ class _Worker:
             except queue.Empty:
                 break
             if isinstance(item, tuple):
-                outcomes.append((item[3], False, StoreUnavailable("sqlite store stopped")))
+                outcomes.append((item[2], False, StoreUnavailable("sqlite store stopped")))
         _deliver(outcomes)
 
 
 def _run_chore(conn: sqlite3.Connection, chore: _Chore, stats: SQLiteStatistics) -> None:
     try:
-        chore(conn)
+        chore(conn, stats)
     except Exception:
         # Chores are retried by whoever scheduled them; a failure is only counted.
         stats.chore_failures += 1
@@ -612,7 +612,7 @@ def _run_write_batch(
     conn: sqlite3.Connection, batch: list[_Op], stats: SQLiteStatistics
 ) -> list[_Outcome]:
     # An op whose caller gave up before we started it is skipped, not applied.
-    live = [op for op in batch if not op[3].cancelled()]
+    live = [op for op in batch if not op[2].cancelled()]
     outcomes: list[_Outcome] = []
     if not live:
         return outcomes
@@ -620,7 +620,7 @@ def _run_write_batch(
     alone = len(live) == 1
     try:
         conn.execute("BEGIN IMMEDIATE")
-        for fn, args, _, future in live:
+        for fn, args, future in live:
             if not alone:
                 conn.execute("SAVEPOINT op")
             try:
@@ -643,7 +643,7 @@ def _run_write_batch(
         # failed on their own keep their error; every other op gets the batch's.
         _rollback_quietly(conn)
         done = {id(o[0]): o for o in outcomes if not o[1]}
-        outcomes = [done.get(id(op[3])) or (op[3], False, _translate(exc)) for op in live]
+        outcomes = [done.get(id(op[2])) or (op[2], False, _translate(exc)) for op in live]
     stats.write_batches += 1
     stats.write_ops += len(live)
     stats.write_ops_failed += sum(1 for o in outcomes if not o[1])
@@ -655,7 +655,7 @@ def _run_read_batch(
     conn: sqlite3.Connection, batch: list[_Op], stats: SQLiteStatistics
 ) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
-    for fn, args, _, future in batch:
+    for fn, args, future in batch:
         if future.cancelled():
             continue
         try:
@@ -979,6 +979,25 @@ def _list_sessions_query(
         params.extend(after)
     sql = (
         f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {' AND '.join(where)}"
+        " ORDER BY created_at DESC, id DESC LIMIT ?"
+    )
+    params.append(limit)
+    return sql, params
+
+
+def _list_runs_query(
+    tenant: str, session_id: str | None, status: str | None, limit: int
+) -> tuple[str, list[Any]]:
+    where: list[str] = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if session_id is not None:
+        where.append("session_id = ?")
+        params.append(session_id)
+    if status is not None:
+        where.append("status = ?")
+        params.append(status)
+    sql = (
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
         " ORDER BY created_at DESC, id DESC LIMIT ?"
     )
     params.append(limit)

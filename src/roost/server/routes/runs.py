@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from roost.errors import StoreUnavailable
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.server.respond import json_response, runtime_of, tenant_of, turn_body
 from roost.server.schemas import RunOut, TurnCreate, TurnOut
@@ -27,6 +28,11 @@ async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Re
     if stream:
         return _event_stream(runtime, handle)
     run = await _wait_or_disconnect(runtime, handle, request.receive)
+    if (run.error or {}).get("type") == "store_unavailable":
+        # The run could not be recorded: say so as the outage it is, not as a run result.
+        raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
+                               "steps recorded before the outage are kept",
+                               retry_after=runtime.settings.runtime.store_retry_s)
     return json_response(turn_body(run, handle.events))
 
 
