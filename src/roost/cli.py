@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import msgspec
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from rich.table import Column, Table
 
 from roost.config import Settings, load_settings
 from roost.errors import ConfigError, RoostError
@@ -51,7 +52,7 @@ def _settings(config: Path | None, store: str | None = None, **server: Any) -> S
 def _print_config_errors(exc: ConfigError) -> None:
     errors.print(f"[bold red]configuration error[/]: {len(exc.problems) or 1} problem(s)")
     for key, message in exc.problems or [("(config)", exc.message)]:
-        errors.print(f"  [yellow]{key}[/]: {message}")
+        errors.print(f"  [yellow]{escape(key)}[/]: {escape(message)}")
 
 
 def _agents(settings: Settings, targets: list[str]):  # type: ignore[no-untyped-def]
@@ -114,11 +115,11 @@ async def _turn(runtime: Any, session_id: str, text: str, timeout_s: float | Non
             console.print(event.data["text"], end="", markup=False, highlight=False)
             streamed = True
         elif event.type == "tool.call":
-            console.print(f"[dim]→ {event.data['name']}({event.data['arguments']})[/]")
+            console.print(f"[dim]→ {escape(event.data['name'])}({escape(event.data['arguments'])})[/]")
         elif event.type == "tool.result":
             style = "red" if event.data.get("is_error") else "dim"
-            console.print(f"[{style}]← {event.data['name']}: {event.data['content'][:200]}[/]",
-                          markup=True, highlight=False)
+            console.print(f"[{style}]← {escape(event.data['name'])}: "
+                          f"{escape(event.data['content'][:200])}[/]", highlight=False)
         elif event.type == "message" and event.data.get("role") == "assistant":
             if not event.data.get("tool_calls"):
                 if streamed:
@@ -128,7 +129,7 @@ async def _turn(runtime: Any, session_id: str, text: str, timeout_s: float | Non
             streamed = False
     run = await handle.wait()
     if run.status != "completed":
-        errors.print(f"[red]run {run.status}[/]: {(run.error or {}).get('message', '')}")
+        errors.print(f"[red]run {run.status}[/]: {escape(str((run.error or {}).get('message', '')))}")
         return 1
     return 0
 
@@ -193,7 +194,7 @@ def _guard(main: Any) -> int:
     try:
         return int(asyncio.run(main()))
     except RoostError as exc:
-        errors.print(f"[red]{exc.type}[/]: {exc.message}")
+        errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         return 1
     except KeyboardInterrupt:
         return 130
@@ -225,9 +226,11 @@ def sessions_list(
         page = asyncio.run(_with_store(settings, lambda s: s.list_sessions(
             tenant, agent=agent, user_id=user_id, limit=limit)))
     except RoostError as exc:
-        errors.print(f"[red]{exc.type}[/]: {exc.message}")
+        errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None
-    table = Table("id", "agent", "user", "version", "events", "updated")
+    table = Table("agent", "user", "version", "events", "updated")
+    # Ids are what `show` and `delete` take: never truncate them, even through a pipe.
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=36))
     import datetime as dt
 
     for s in page.items:
@@ -254,7 +257,7 @@ def sessions_show(
     try:
         body = asyncio.run(_with_store(settings, show))
     except RoostError as exc:
-        errors.print(f"[red]{exc.type}[/]: {exc.message}")
+        errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(body)).decode() + "\n")
 
@@ -271,7 +274,7 @@ def sessions_delete(
     try:
         deleted = asyncio.run(_with_store(settings, lambda s: s.delete_session(tenant, session_id)))
     except RoostError as exc:
-        errors.print(f"[red]{exc.type}[/]: {exc.message}")
+        errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None
     if not deleted:
         errors.print(f"[red]no session {session_id}[/]")
@@ -314,7 +317,7 @@ def migrate(config: ConfigOption = None, store: StoreOption = None) -> None:
     try:
         applied = asyncio.run(apply(settings.store.url))
     except RoostError as exc:
-        errors.print(f"[red]{exc.type}[/]: {exc.message}")
+        errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None
     console.print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 

@@ -124,6 +124,8 @@ class AgentOverride(_Section):
 
 
 class Settings(BaseSettings):
+    """All of Roost's configuration: `load_settings("roost.toml")` or `Settings(store={"url": "memory://"})`."""
+
     model_config = SettingsConfigDict(env_prefix="ROOST_", env_nested_delimiter="__",
                                       extra="forbid")
 

@@ -58,10 +58,6 @@ def test_create_with_an_empty_object_uses_defaults(http: httpx.Client) -> None:
     assert (session["user_id"], session["state"], session["metadata"]) == (None, {}, {})
 
 
-@pytest.mark.xfail(reason="BUG: POST /v1/agents/{name}/sessions without a body is 422 "
-                          "'body: Field required' although every field is optional "
-                          "(routes/sessions.py create_session: `body: SessionCreate` has no default)",
-                   strict=True)
 def test_create_without_a_body_uses_defaults(http: httpx.Client) -> None:
     response = http.post("/v1/agents/weather/sessions")
     assert response.status_code == 201, response.text
@@ -167,9 +163,6 @@ def test_patch_with_a_stale_if_match_is_412_and_changes_nothing(http: httpx.Clie
     assert (after["state"], after["version"]) == ({"k": 1}, 1)
 
 
-@pytest.mark.xfail(reason="BUG: `If-Match: *` is 422; RFC 9110 13.1.1 says it matches any "
-                          "current representation (routes/sessions.py patch_session parses "
-                          "every If-Match as an int)", strict=True)
 def test_patch_with_if_match_star_applies(http: httpx.Client) -> None:
     session = new_session(http, "weather")
     response = http.patch(f"/v1/sessions/{session['id']}", json={"state": {"k": 1}},
@@ -242,3 +235,35 @@ def test_deleting_a_session_cancels_its_active_run(serve: Serve) -> None:
         wait_until(lambda: not server.runtime.runs, what="the run to leave the registry")
         # The server keeps serving.
         assert client.get("/readyz").status_code == 200
+
+
+def test_tenants_never_see_each_others_sessions_or_runs(serve: Serve) -> None:
+    server = serve(server={"tenant_header": "X-Tenant"})
+    with httpx.Client(base_url=server.url, timeout=WAIT_S, headers={"X-Tenant": "acme"}) as acme, \
+            httpx.Client(base_url=server.url, timeout=WAIT_S,
+                         headers={"X-Tenant": "globex"}) as globex:
+        session = new_session(acme, "weather", user_id="shared-user")
+        assert session["tenant"] == "acme"
+        run_id = acme.post(f"/v1/sessions/{session['id']}/turns",
+                           json={"input": "weather in Paris"}).json()["run_id"]
+        sid = session["id"]
+        for response in (
+            globex.get(f"/v1/sessions/{sid}"),
+            globex.patch(f"/v1/sessions/{sid}", json={"state": {"x": 1}}),
+            globex.get(f"/v1/sessions/{sid}/events"),
+            globex.post(f"/v1/sessions/{sid}/turns", json={"input": "hi"}),
+            globex.delete(f"/v1/sessions/{sid}"),
+        ):
+            assert_problem(response, 404, "session_not_found")
+        for response in (globex.get(f"/v1/runs/{run_id}"),
+                         globex.post(f"/v1/runs/{run_id}/cancel"),
+                         globex.get(f"/v1/runs/{run_id}/events")):
+            assert_problem(response, 404, "run_not_found")
+        assert globex.get("/v1/sessions", params={"user_id": "shared-user"}).json()["items"] == []
+        # Nothing globex tried touched acme's session.
+        mine = acme.get(f"/v1/sessions/{sid}").json()
+        assert mine["state"] == {} and mine["last_seq"] == 7
+        assert [s["id"] for s in acme.get("/v1/sessions").json()["items"]] == [sid]
+        # Without the header a request is the `default` tenant's.
+        with httpx.Client(base_url=server.url, timeout=WAIT_S) as anonymous:
+            assert_problem(anonymous.get(f"/v1/sessions/{sid}"), 404)

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -232,12 +232,12 @@ def test_cancelling_a_completed_run_returns_it_unchanged(http: httpx.Client) -> 
 @pytest.mark.parametrize("policy", ["cancel", "continue"])
 def test_a_json_client_that_disconnects(serve: Serve,
                                         connect: Callable[[LiveServer], httpx.Client],
-                                        policy: str) -> None:
+                                        policy: Literal["cancel", "continue"]) -> None:
     """A synchronous caller that leaves cannot read the answer: `cancel` stops its run,
     `continue` lets it finish and persist."""
     hold = Hold()
     agent = Agent(name="held", model=ScriptedModel([call("hold"), "done"]), tools=[hold.tool],
-                  policies=Policies(on_disconnect=policy))  # type: ignore[arg-type]
+                  policies=Policies(on_disconnect=policy))
     server = serve(agent)
     http = connect(server)
     session = new_session(http, "held")
@@ -352,11 +352,6 @@ async def test_interrupt_policy_cancels_the_active_run_for_the_new_one(serve: Se
         "first", "second"]
 
 
-@pytest.mark.xfail(reason="BUG: runtime.close_dangling_calls only closes open tool calls when a "
-                          "later non-tool message follows; calls left open at the END of a "
-                          "cancelled run stay unanswered, so the next turn sends the model an "
-                          "assistant tool_calls message with no tool result (OpenAI rejects it)",
-                   strict=True)
 async def test_a_cancelled_runs_open_tool_call_is_closed_before_the_next_turn(
         serve: Serve) -> None:
     hold = Hold()
@@ -399,10 +394,13 @@ def add(a: int, b: int) -> int:
 
 
 @pytest.mark.parametrize(("step", "outcome", "content"), [
-    (call("explode", reason="bad luck"), "error", "Error: ValueError: boom: bad luck"),
-    (call("sleepy"), "timeout", "Error: sleepy timed out after 0.05 s"),
-    (call("add", a="one", b=2), "invalid_arguments", "Error: invalid arguments for add: a:"),
-    (call("missing"), "error", "Error: unknown tool 'missing'"),
+    pytest.param(call("explode", reason="bad luck"), "error", "Error: ValueError: boom: bad luck",
+                 id="raises"),
+    pytest.param(call("sleepy"), "timeout", "Error: sleepy timed out after 0.05 s",
+                 id="times-out"),
+    pytest.param(call("add", a="one", b=2), "invalid_arguments",
+                 "Error: invalid arguments for add: a:", id="invalid-arguments"),
+    pytest.param(call("missing"), "error", "Error: unknown tool 'missing'", id="unknown-tool"),
 ])
 def test_a_failing_tool_becomes_a_result_the_model_reads(
         serve: Serve, connect: Callable[[LiveServer], httpx.Client], step: Any, outcome: str,
@@ -421,9 +419,10 @@ def test_a_failing_tool_becomes_a_result_the_model_reads(
 
 
 @pytest.mark.parametrize(("failure", "error_type", "message"), [
-    (RuntimeError("the model broke"), "internal_error", "RuntimeError: the model broke"),
-    (ModelError("upstream 502", status_code=502, kind="overloaded", provider="scripted"),
-     "model_error", "upstream 502"),
+    pytest.param(RuntimeError("the model broke"), "internal_error",
+                 "RuntimeError: the model broke", id="runtime-error"),
+    pytest.param(ModelError("upstream 502", status_code=502, kind="overloaded",
+                            provider="scripted"), "model_error", "upstream 502", id="model-error"),
 ])
 def test_a_model_failure_fails_the_run_and_the_server_keeps_serving(
         serve: Serve, connect: Callable[[LiveServer], httpx.Client], failure: Exception,
@@ -477,3 +476,52 @@ def test_a_state_patch_during_a_run_does_not_break_it(serve: Serve,
     assert final["state"] == {"seen": True}
     assert final["last_seq"] == len(session_events(http, session["id"])) == 7
     wait_until(lambda: not server.runtime.runs, what="the run registry to empty")
+
+
+async def test_cancel_a_turn_still_waiting_behind_another(serve: Serve) -> None:
+    hold = Hold()
+    server = serve(Agent(name="queued", model=ScriptedModel([call("hold"), "one", "three"]),
+                         tools=[hold.tool], policies=Policies(double_texting="enqueue")))
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as http:
+        session = await anew_session(http, "queued")
+        url = f"/v1/sessions/{session['id']}/turns"
+        first = asyncio.create_task(http.post(url, json={"input": "first"}))
+        async with asyncio.timeout(WAIT_S):
+            await hold.entered.wait()
+        second = asyncio.create_task(http.post(url, json={"input": "second"}))
+        await await_until(lambda: len(server.runtime.runs) == 2, "the second turn to queue")
+        [queued] = [h.run.id for h in server.runtime.runs.values() if h.run.input == "second"]
+        cancelled = await http.post(f"/v1/runs/{queued}/cancel")
+        assert cancelled.status_code == 200
+        assert cancelled.json()["status"] == "cancelled"
+        two = (await second).json()
+        assert (two["status"], two["events"]) == ("cancelled", [])
+        assert (await http.get(f"/v1/runs/{queued}")).json()["status"] == "cancelled"
+        hold.release()
+        assert (await first).json()["output"] == "one"
+        log = (await http.get(f"/v1/sessions/{session['id']}/events")).json()["items"]
+        assert queued not in {e["run_id"] for e in log}  # it never started
+        third = (await http.post(url, json={"input": "third"})).json()
+        assert third["output"] == "three"
+
+
+async def test_a_cancelled_queued_run_says_why_like_a_cancelled_running_one(
+        serve: Serve) -> None:
+    hold = Hold()
+    server = serve(Agent(name="queued", model=ScriptedModel([call("hold"), "one"]),
+                         tools=[hold.tool], policies=Policies(double_texting="enqueue")))
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as http:
+        session = await anew_session(http, "queued")
+        url = f"/v1/sessions/{session['id']}/turns"
+        first = asyncio.create_task(http.post(url, json={"input": "first"}))
+        async with asyncio.timeout(WAIT_S):
+            await hold.entered.wait()
+        second = asyncio.create_task(http.post(url, json={"input": "second"}))
+        await await_until(lambda: len(server.runtime.runs) == 2, "the second turn to queue")
+        [queued] = [h.run.id for h in server.runtime.runs.values() if h.run.input == "second"]
+        await http.post(f"/v1/runs/{queued}/cancel")
+        await second
+        hold.release()
+        await first
+        run = (await http.get(f"/v1/runs/{queued}")).json()
+    assert run["error"] == {"type": "cancelled", "reason": "user"}

@@ -21,6 +21,8 @@ from roost.sessions.records import Usage
 
 
 class ToolCall(msgspec.Struct, kw_only=True):
+    """A tool call the model asked for: `ToolCall(id="call_1", name="get_weather", arguments='{"city": "Paris"}')`."""
+
     id: str
     name: str
     # JSON text, as the model produced it: it is parsed and validated by the tool.
@@ -28,6 +30,8 @@ class ToolCall(msgspec.Struct, kw_only=True):
 
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One chat message: `Message(role="user", content="Hi")`; tool results have role "tool"."""
+
     role: str  # "system" | "user" | "assistant" | "tool"
     content: str | None = None
     tool_calls: list[ToolCall] | None = None
@@ -44,6 +48,8 @@ class ToolSpec(msgspec.Struct, kw_only=True):
 
 
 class ModelRequest(msgspec.Struct, kw_only=True):
+    """What the engine asks a model: messages, tools, settings, deadline, streaming wish."""
+
     messages: list[Message]
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     # Provider settings passed through: temperature, max_tokens, top_p, ...
@@ -57,10 +63,14 @@ class ModelRequest(msgspec.Struct, kw_only=True):
 
 
 class TextDelta(msgspec.Struct):
+    """A piece of streamed answer text: `TextDelta("Hel")`."""
+
     text: str
 
 
 class ModelResponse(msgspec.Struct, kw_only=True):
+    """A model's final answer for one call: the assistant message, usage, and who answered."""
+
     message: Message
     usage: Usage = msgspec.field(default_factory=Usage)
     model: str = ""  # the model that actually answered (fallbacks and routers set it)
@@ -72,6 +82,8 @@ StreamItem = TextDelta | ModelResponse
 
 @runtime_checkable
 class Model(Protocol):
+    """A model provider or wrapper: `async for item in model.stream(request)`."""
+
     #: "provider:model", e.g. "openai:gpt-4o-mini", "demo"
     name: str
 

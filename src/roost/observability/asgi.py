@@ -120,6 +120,8 @@ class ObservabilityMiddleware:
         error: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
+            if status == 0:
+                status = 500  # returned without answering: the server sends a 500
         except asyncio.CancelledError:
             if status == 0:
                 status = 499  # the client went away (or shutdown) before an answer

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ModelPrice(BaseModel):
@@ -58,3 +58,9 @@ class ObservabilityConfig(BaseModel):
 
     # Model name ("provider:model" or the bare model) -> price.
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lowercase(cls, value: object) -> object:
+        # ROOST_OBSERVABILITY__LOG_LEVEL=INFO is as good as "info".
+        return value.lower() if isinstance(value, str) else value

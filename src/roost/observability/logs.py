@@ -43,14 +43,15 @@ def bind(**fields: Any) -> Token[Mapping[str, Any]]:
     return _context.set({**current, **fields} if current else fields)
 
 
-def unbind(token: Token[Mapping[str, Any]]) -> None:
+def unbind(token: Token[Mapping[str, Any]] | None) -> None:
     """Restore the fields as they were before `bind` returned `token`.
 
     Tolerates a token from another context (hooks may end in a different task than they
     started in): the fields then simply die with the task that bound them.
     """
-    with contextlib.suppress(ValueError, RuntimeError):
-        _context.reset(token)
+    if token is not None:
+        with contextlib.suppress(ValueError, RuntimeError):
+            _context.reset(token)
 
 
 @contextlib.contextmanager
@@ -107,10 +108,21 @@ def _mask_match(m: re.Match[str]) -> str:
     return MASK
 
 
+_key_verdicts: dict[str, bool] = {}
+
+
 def is_secret_key(key: object) -> bool:
     """True for `Authorization`, `x-api-key`, `db_password`, `access_token`, …"""
+    if type(key) is str:
+        found = _key_verdicts.get(key)
+        if found is not None:
+            return found
     name = str(key).lower().replace("-", "_")
-    return name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+    verdict = name in _SECRET_KEYS or name.endswith(_SECRET_SUFFIXES)
+    # Field names are few (they are code, not data); the bound keeps a bad caller harmless.
+    if type(key) is str and len(_key_verdicts) < 4096:
+        _key_verdicts[key] = verdict
+    return verdict
 
 
 def redact(value: Any, _depth: int = 0) -> Any:
@@ -133,13 +145,23 @@ def redact(value: Any, _depth: int = 0) -> Any:
     return value
 
 
+# Fields Roost itself fills with ids, levels and times: nothing to scrub.
+_TRUSTED_FIELDS = frozenset(
+    {"timestamp", "level", "logger", "trace_id", "span_id", "request_id", "run_id",
+     "session_id", "tool_call_id", "duration_ms"}
+)
+
+
 def redact_secrets(_logger: Any, _method: str, event_dict: Any) -> Any:
     """structlog processor: `redact` every field (the event dict itself is ours to change)."""
     for key, value in event_dict.items():
-        if key.startswith("_"):
-            continue  # structlog's own bookkeeping (_record, _from_structlog)
+        if key in _TRUSTED_FIELDS or key.startswith("_"):
+            continue  # ours, or structlog's own bookkeeping (_record, _from_structlog)
         if is_secret_key(key):
             event_dict[key] = MASK
+        elif type(value) is str:
+            if len(value) >= 8:
+                event_dict[key] = _SECRET_RE.sub(_mask_match, value)
         elif not isinstance(value, int | float | bool | None):
             event_dict[key] = redact(value)
     return event_dict
@@ -179,10 +201,35 @@ def add_extra(_logger: Any, _method: str, event_dict: Any) -> Any:
     """
     record = event_dict.get("_record")
     if record is not None:
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRS and not key.startswith("_"):
-                event_dict.setdefault(key, value)
+        attrs = record.__dict__
+        for key in attrs.keys() - _RECORD_ATTRS:
+            if not key.startswith("_"):
+                event_dict.setdefault(key, attrs[key])
     return event_dict
+
+
+class FastProcessorFormatter(structlog.stdlib.ProcessorFormatter):
+    """`ProcessorFormatter` without its per-record copy for plain stdlib records.
+
+    structlog copies every record (`logging.makeLogRecord`) so that several formatters can
+    share it; ours never mutates the record, so the copy — a fifth of a log line's cost — goes.
+    Records from structlog loggers take the stock path.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "_logger", None) is not None:
+            return super().format(record)
+        method = record.levelname.lower()
+        ed: Any = {"event": record.getMessage(), "_record": record, "_from_structlog": False}
+        if record.exc_info:
+            ed["exc_info"] = record.exc_info
+        if record.stack_info:
+            ed["stack_info"] = record.stack_info
+        for proc in self.foreign_pre_chain or ():
+            ed = proc(None, method, ed)
+        for proc in self.processors:
+            ed = proc(None, method, ed)
+        return str(ed)
 
 
 def _dumps(obj: Any, **_kw: Any) -> str:
@@ -236,7 +283,7 @@ def configure_logging(
             # Never rich's pretty traceback: it prints local variables, secrets included.
             colors=tty, exception_formatter=structlog.dev.plain_traceback)
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = FastProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )

@@ -55,8 +55,17 @@ def extract(headers: Mapping[str, str]) -> Context:
 
 
 def inject(carrier: dict[str, str], span: trace.Span) -> None:
-    """Write `traceparent` (and `tracestate`) for `span` into `carrier`."""
-    W3C.inject(carrier, context=trace.set_span_in_context(span))
+    """Write the W3C `traceparent` (and `tracestate`) for `span` into `carrier`.
+
+    The header `TraceContextTextMapPropagator.inject` writes, formatted directly: a quarter
+    of the cost, on every model call.
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return
+    carrier["traceparent"] = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    if ctx.trace_state:
+        carrier["tracestate"] = ctx.trace_state.to_header()
 
 
 def trace_id_of(traceparent: str) -> str | None:
@@ -78,6 +87,8 @@ def detach(token: Any) -> None:
     Hooks may end in a different task than they started in; OpenTelemetry's own `detach` logs
     an error then. The stale value simply dies with the task that set it.
     """
+    if token is None:
+        return
     if isinstance(token, contextvars.Token):
         try:  # noqa: SIM105 - hot path: cheaper than contextlib.suppress
             token.var.reset(token)

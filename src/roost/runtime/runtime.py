@@ -108,6 +108,8 @@ class RunHandle:
 
 
 class Runtime:
+    """Hosts agents: `Runtime(settings, [agent])`, `await start()`, `submit_turn(...)`, `close()`."""
+
     def __init__(self, settings: Settings | None = None, agents: Iterable[Agent] = (), *,
                  store: Store | None = None, models: ModelRegistry | None = None,
                  hooks: EngineHooks = NO_HOOKS) -> None:
@@ -431,6 +433,8 @@ class Runtime:
         run.status = status
         if exc is not None:
             run.error = {"type": getattr(exc, "type", "timed_out"), "message": str(exc) or status}
+        else:  # the same shape as a run cancelled while running
+            run.error = {"type": status, "reason": handle.cancel_reason or "user"}
         run.updated_at = now()
         handle.channel.publish(Event(type="run.failed" if status != "cancelled" else "run.cancelled",
                                      run_id=run.id, data={"error": run.error or {"type": status}}))
@@ -594,16 +598,21 @@ def close_dangling_calls(messages: list[Message]) -> list[Message]:
     sees a well-formed conversation after a cancelled or failed run."""
     out: list[Message] = []
     open_calls: list[Any] = []
+
+    def close() -> None:
+        out.extend(Message(role="tool", content="Error: not run (the run ended first)",
+                           tool_call_id=c.id, name=c.name) for c in open_calls)
+        open_calls.clear()
+
     for message in messages:
         if message.role != "tool" and open_calls:
-            out.extend(Message(role="tool", content="Error: not run (the run ended first)",
-                               tool_call_id=c.id, name=c.name) for c in open_calls)
-            open_calls = []
+            close()
         out.append(message)
         if message.role == "assistant" and message.tool_calls:
-            open_calls = list(message.tool_calls)
+            open_calls.extend(message.tool_calls)
         elif message.role == "tool":
-            open_calls = [c for c in open_calls if c.id != message.tool_call_id]
+            open_calls[:] = [c for c in open_calls if c.id != message.tool_call_id]
+    close()  # calls left open at the very end (a cancelled run's last step)
     return out
 
 

@@ -69,11 +69,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        raw = exc.errors()
+        invalid_json = next((e for e in raw if e.get("type") == "json_invalid"), None)
+        if invalid_json is not None:
+            reason = (invalid_json.get("ctx") or {}).get("error", "")
+            position = invalid_json.get("loc", ("body", None))[-1]
+            return problem(400, "malformed_json",
+                           f"the request body is not valid JSON: {reason}".rstrip(": "),
+                           field="body", errors=[{"field": "body", "message": str(reason),
+                                                 "type": "json_invalid", "position": position}])
         errors = [{"field": _location(e.get("loc", ())), "message": e.get("msg", "invalid"),
-                   "type": e.get("type", "invalid")} for e in exc.errors()]
-        if any(e["type"] == "json_invalid" for e in errors):
-            return problem(400, "malformed_json", "the request body is not valid JSON",
-                           field="body", errors=errors)
+                   "type": e.get("type", "invalid")} for e in raw]
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
         return problem(422, "invalid_input", f"{first['field']}: {first['message']}",
                        field=first["field"], errors=errors)

@@ -41,6 +41,7 @@ from roost.errors import (
     InvalidInput,
     RunNotFound,
     SessionNotFound,
+    StoreError,
     StoreUnavailable,
     VersionConflict,
 )
@@ -136,11 +137,18 @@ def _run(tenant: str, row: asyncpg.Record) -> RunRecord:
         output=row[5],
         deadline=row[6],
         attempt=row[7],
-        usage=msgspec.convert(row[8], Usage),
+        usage=_usage(row[8]),
         error=row[9],
         created_at=row[10],
         updated_at=row[11],
     )
+
+
+def _usage(value: Any) -> Usage:
+    try:
+        return msgspec.convert(value, Usage)
+    except msgspec.ValidationError as exc:
+        raise StoreError(f"stored run usage does not decode: {exc}") from exc
 
 
 def _run_params(run: RunRecord) -> tuple[Any, ...]:
@@ -201,12 +209,18 @@ class _Queries:
             " unnest($6::text[], $7::text[], $8::jsonb[], $9::float8[])"
             " WITH ORDINALITY AS u(type, run_id, data, ts, ord))"
         )
-        self.append = f"{append} SELECT version, last_seq FROM s"
+        # On a lost compare-and-set the same round trip reports the version it found (from
+        # the statement's snapshot, which a racing writer may have outdated: see append()).
+        outcome = (
+            " SELECT true, version, last_seq FROM s UNION ALL"
+            f" SELECT false, version, last_seq FROM {s}.sessions"
+            " WHERE tenant = $1 AND id = $2 AND NOT EXISTS (SELECT FROM s)"
+        )
+        self.append = append + outcome
         self.append_with_run = (
             f"{append}, r AS (INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
             " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 FROM s"
-            f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})"
-            " SELECT version, last_seq FROM s"
+            f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})" + outcome
         )
         self.read_events = (
             f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE tenant = $1 AND session_id = $2"
@@ -553,16 +567,18 @@ class PostgresStore:
                 )
             query = self._sql.append_with_run
             args.extend(_run_params(run))
-        actual = None
         async with self._connection("append") as conn:
             row = await conn.fetchrow(query, *args)
-            if row is None:
+            if row is not None and not row[0] and row[1] == expected_version:
+                # The update waited for a racing writer, then failed its re-check; our
+                # snapshot still shows the old version. Ask again for the one that won.
                 actual = await conn.fetchval(self._sql.get_version, tenant, session_id)
+                row = None if actual is None else (False, actual, None)
         if row is None:
-            if actual is None:
-                raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
-            raise VersionConflict(session_id, expected_version, actual)
-        version, last_seq = row
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+        applied, version, last_seq = row
+        if not applied:
+            raise VersionConflict(session_id, expected_version, version)
         first = last_seq - len(events)
         for i, event in enumerate(events, 1):
             event.seq = first + i

@@ -49,6 +49,8 @@ def now() -> float:
 
 
 class Session(msgspec.Struct, kw_only=True):
+    """A conversation with one agent: state, version (compare-and-set), and an event log."""
+
     id: str
     tenant: str = DEFAULT_TENANT
     agent: str
@@ -79,6 +81,8 @@ class Event(msgspec.Struct, kw_only=True):
 
 
 class Usage(msgspec.Struct, kw_only=True):
+    """Tokens in and out, and their cost: `Usage(input_tokens=12, output_tokens=3)`."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float = 0.0
@@ -94,6 +98,8 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 class RunRecord(msgspec.Struct, kw_only=True):
+    """One turn's run: status (`queued → running → completed | failed | …`), output, usage, error."""
+
     id: str
     session_id: str
     tenant: str = DEFAULT_TENANT

@@ -38,8 +38,9 @@ idle TTL instead (PEXPIRE, refreshed by every write to it): a safety net that ke
 abandoned Redis from filling up. Index entries left behind by a native expiry are skipped by
 listings and removed lazily.
 
-Outages: connection refused/reset, timeouts (`socket_timeout_s`) and a loading or read-only
-server become `StoreUnavailable`. The client does not retry on its own: a retried append
+Outages: connection refused/reset, timeouts (`socket_timeout_s`), a loading or read-only
+server, and waiting longer than `socket_timeout_s` for one of the `max_connections` pooled
+connections all become `StoreUnavailable`. The client does not retry on its own: a retried append
 whose first attempt did land would come back as a spurious `VersionConflict`. Connections
 broken by an outage are replaced on next use, so the store recovers by itself.
 """
@@ -273,7 +274,6 @@ return 0
 # -- encoding -----------------------------------------------------------------------------
 _event_decoder = msgspec.json.Decoder(Event)
 _run_decoder = msgspec.json.Decoder(RunRecord)
-_json_decode = msgspec.json.Decoder().decode
 _exp_member_decoder = msgspec.json.Decoder(tuple[str, str, str, str | None])
 
 
@@ -294,8 +294,8 @@ def _session_from_hash(tenant: str, session_id: str, h: dict[Any, Any]) -> Sessi
         tenant=tenant,
         agent=h[b"a"].decode(),
         user_id=None if uid is None else uid.decode(),
-        state=_json_decode(h[b"st"]),
-        metadata=_json_decode(h[b"md"]),
+        state=codec.decode_object(h[b"st"]),
+        metadata=codec.decode_object(h[b"md"]),
         version=int(h[b"v"]),
         last_seq=int(h[b"q"]),
         created_at=float(h[b"c"]),
@@ -349,8 +349,9 @@ class RedisStore:
     """A `Store` on Redis (redis-py asyncio, Lua for every compare-and-set).
 
     `prefix` namespaces every key; `clear_prefix_on_close` deletes them all on `close()`
-    (for tests). `socket_timeout_s` bounds connecting and every command. `default_ttl_s` is
-    an idle TTL for sessions created without `expires_at` (see the module docstring).
+    (for tests). `socket_timeout_s` bounds connecting, every command, and the wait for a free
+    connection when all `max_connections` are busy. `default_ttl_s` is an idle TTL for
+    sessions created without `expires_at` (see the module docstring).
     """
 
     backend = "redis"
@@ -397,16 +398,20 @@ class RedisStore:
             if self._client is not None:
                 return
             try:
-                client = aioredis.Redis.from_url(
+                # A blocking pool: a burst beyond max_connections waits (up to the socket
+                # timeout) for a free connection instead of failing at once.
+                pool = aioredis.BlockingConnectionPool.from_url(
                     self._url,
+                    max_connections=self._max_connections,
+                    timeout=self._timeout,
                     decode_responses=False,
                     socket_timeout=self._timeout,
                     socket_connect_timeout=self._timeout,
                     retry=Retry(NoBackoff(), 0),
-                    max_connections=self._max_connections,
                 )
             except ValueError as exc:  # malformed URL: nothing to retry
                 raise ConfigError(f"redis: {exc}", [("store.url", str(exc))]) from exc
+            client = aioredis.Redis.from_pool(pool)
             self._create = client.register_script(_CREATE)
             self._append = client.register_script(_APPEND)
             self._patch = client.register_script(_PATCH)

@@ -36,6 +36,8 @@ class ToolArgumentsError(Exception):
 
 @runtime_checkable
 class Tool(Protocol):
+    """Something the model can call: a name, a JSON schema, and `call(arguments, ctx)`."""
+
     name: str
     description: str
     #: JSON schema of the arguments object

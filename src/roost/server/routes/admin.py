@@ -8,9 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=StrictJSONRoute)
 
 
 @router.get("/stats")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from roost.server.requests import StrictJSONRoute
 from roost.server.respond import agent_body, json_response, runtime_of
 from roost.server.schemas import AgentOut
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], route_class=StrictJSONRoute)
 
 
 @router.get("", response_model=dict[str, list[AgentOut]])

@@ -9,9 +9,10 @@ from starlette.responses import Response
 
 from roost.errors import RoostError
 from roost.server.problems import problem
+from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 READY_TIMEOUT_S = 2.0
 

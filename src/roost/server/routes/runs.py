@@ -8,13 +8,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from roost.errors import StoreUnavailable
+from roost.errors import InvalidInput, StoreUnavailable
 from roost.runtime.runtime import RunHandle, Runtime
+from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of, turn_body
 from roost.server.schemas import RunOut, TurnCreate, TurnOut
 from roost.server.sse import RunEventStream
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/sessions/{session_id}/turns", response_model=TurnOut,
@@ -75,7 +76,13 @@ async def follow_run(run_id: str, request: Request) -> Response:
     """SSE of a run: persisted events after `Last-Event-ID` (a session seq), then the live tail."""
     runtime = runtime_of(request)
     tenant = tenant_of(request)
-    after = int(request.headers.get("last-event-id", "0") or 0)
+    try:
+        after = int(request.headers.get("last-event-id", "0") or 0)
+    except ValueError:
+        raise InvalidInput("Last-Event-ID must be an event seq (an integer)",
+                           field="Last-Event-ID") from None
+    if not 0 <= after < 2**63:
+        raise InvalidInput("Last-Event-ID is out of range", field="Last-Event-ID")
     handle = runtime.runs.get(run_id)
     if handle is None or handle.run.tenant != tenant:
         run = await runtime.get_run(tenant, run_id)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from roost.errors import InvalidInput, PreconditionFailed, VersionConflict
+from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
 from roost.server.schemas import EventOut, SessionCreate, SessionOut, SessionPage, SessionPatch
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/agents/{name}/sessions", status_code=201, response_model=SessionOut)
-async def create_session(name: str, body: SessionCreate, request: Request) -> Response:
+async def create_session(name: str, request: Request,
+                         body: SessionCreate | None = None) -> Response:
     runtime = runtime_of(request)
-    _check_state_size(request, body.state)
+    body = body or SessionCreate()
+    _check_json(request, body.state, "state")
+    _check_json(request, body.metadata, "metadata")
     session = await runtime.create_session(tenant_of(request), name, user_id=body.user_id,
                                            state=body.state, metadata=body.metadata)
     return json_response(session, status=201, headers={"Location": f"/v1/sessions/{session.id}"})
@@ -43,13 +48,13 @@ async def patch_session(session_id: str, body: SessionPatch, request: Request,
                         if_match: str | None = Header(None)) -> Response:
     """Merge a state delta. `If-Match: <version>` makes it compare-and-set (412 on mismatch)."""
     expected = None
-    if if_match is not None:
+    if if_match is not None and if_match.strip() != "*":  # RFC 9110: * matches any version
         try:
             expected = int(if_match.strip().strip('"').removeprefix("W/").strip('"'))
         except ValueError:
             raise InvalidInput("If-Match must be a session version number",
                                field="If-Match") from None
-    _check_state_size(request, body.state)
+    _check_json(request, body.state, "state")
     try:
         session = await runtime_of(request).patch_session(tenant_of(request), session_id,
                                                           body.state, expected)
@@ -66,7 +71,8 @@ async def delete_session(session_id: str, request: Request) -> Response:
 
 
 @router.get("/v1/sessions/{session_id}/events", response_model=dict[str, list[EventOut]])
-async def list_events(session_id: str, request: Request, after: int = Query(0, ge=0),
+async def list_events(session_id: str, request: Request,
+                      after: int = Query(0, ge=0, le=2**63 - 1),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
     runtime = runtime_of(request)
     tenant = tenant_of(request)
@@ -76,9 +82,14 @@ async def list_events(session_id: str, request: Request, after: int = Query(0, g
     return json_response({"items": events, "next_after": next_after})
 
 
-def _check_state_size(request: Request, state: dict[str, object]) -> None:
-    import msgspec
-
+def _check_json(request: Request, value: dict[str, object], field: str) -> None:
+    """Storable JSON within the size limit, or a 422 naming the field."""
+    if not value:
+        return
+    try:
+        size = len(orjson.dumps(value))
+    except TypeError as exc:  # e.g. integers beyond 64 bits
+        raise InvalidInput(f"{field} is not storable JSON: {exc}", field=field) from None
     limit = runtime_of(request).settings.sessions.max_state_bytes
-    if state and len(msgspec.json.encode(state)) > limit:
-        raise InvalidInput(f"state is larger than {limit} bytes", field="state")
+    if size > limit:
+        raise InvalidInput(f"{field} is larger than {limit} bytes", field=field)
