@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from roost.engine.compaction import CompactionPolicy
 from roost.models.base import Model
 from roost.tools.base import Tool, Toolset
 from roost.tools.function import FunctionTool
@@ -59,8 +60,28 @@ class Policies:
     on_disconnect: DisconnectPolicy = "cancel"
     # New turns while the agent is paused: wait until resumed, or 503.
     when_paused: PausedPolicy = "reject"
-    # Messages of history sent to the model (newest kept; a turn is never split).
+    # Messages of history sent to the model (newest kept; a turn is never split)…
     history_messages: int = 40
+    # … and their token budget (estimated); a summary, when compaction made one, comes first.
+    history_token_budget: int = 8000
+    # Summarise older history with a model when it grows past a threshold (None: off).
+    # Config: `[agents.NAME.policies.compaction] trigger_tokens = …` or `compaction = true`.
+    compaction: CompactionPolicy | None = None
+    # Tool results larger than this are stored as artifacts; the model sees a preview.
+    max_tool_result_bytes: int = 64 * 1024
+    tool_result_preview_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        # Config overrides arrive as plain tables.
+        object.__setattr__(self, "compaction", CompactionPolicy.from_config(self.compaction))
+        for name in ("max_pending_turns", "history_messages", "history_token_budget",
+                     "max_tool_result_bytes", "tool_result_preview_chars"):
+            if getattr(self, name) < (0 if name == "max_pending_turns" else 1):
+                raise ValueError(f"policies.{name} is out of range")
+        if self.compaction and self.compaction.trigger_tokens >= self.history_token_budget:
+            # Windowing would drop turns before they were ever summarised.
+            raise ValueError("policies.compaction.trigger_tokens must be below "
+                             "history_token_budget")
 
 
 @dataclass(eq=False)

@@ -315,7 +315,8 @@ def migrate(config: ConfigOption = None, store: StoreOption = None) -> None:
     from roost.sessions.migrate import migrate as apply
 
     try:
-        applied = asyncio.run(apply(settings.store.url))
+        applied = asyncio.run(apply(settings.store.url,
+                                    schema=settings.store.options.get("schema")))
     except RoostError as exc:
         errors.print(f"[red]{exc.type}[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None

@@ -65,6 +65,15 @@ class StoreConfig(_Section):
         return value
 
 
+class ArtifactsConfig(_Section):
+    """Where large tool results go. Unset: next to the session store (files beside the SQLite
+    database; the same PostgreSQL or Redis server)."""
+
+    url: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    retention_s: float | None = Field(None, gt=0, description="delete artifacts older than this")
+
+
 class SessionsConfig(_Section):
     ttl_s: float | None = Field(None, gt=0, description="sessions expire this long after creation")
     sweep_interval_s: float = Field(60.0, gt=0)
@@ -132,6 +141,7 @@ class Settings(BaseSettings):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     sessions: SessionsConfig = Field(default_factory=lambda: SessionsConfig())
+    artifacts: ArtifactsConfig = Field(default_factory=lambda: ArtifactsConfig())
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)

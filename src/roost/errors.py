@@ -7,7 +7,8 @@
     │   ├── NotFound                 unknown agent, session or run
     │   │   ├── AgentNotFound
     │   │   ├── SessionNotFound
-    │   │   └── RunNotFound
+    │   │   ├── RunNotFound
+    │   │   └── ArtifactNotFound
     │   ├── Conflict                 state does not allow it (409)
     │   │   └── SessionBusy          a run is active and the policy is `reject`
     │   └── PreconditionFailed       If-Match version mismatch (412)
@@ -86,6 +87,10 @@ class SessionNotFound(NotFound):
 
 class RunNotFound(NotFound):
     type = "run_not_found"
+
+
+class ArtifactNotFound(NotFound):
+    type = "artifact_not_found"
 
 
 class Conflict(UserError):

@@ -327,3 +327,42 @@ async def test_another_writer_appending_fails_the_run_rather_than_interleave(har
     log = await harness.log(session.id)
     intruder = next(e.seq for e in log if e.run_id == "intruder")
     assert all(e.seq < intruder for e in log if e.run_id == run.id)
+
+
+async def test_large_tool_results_are_offloaded_as_artifacts(harness: Harness) -> None:
+    from roost.agent import Policies
+    from roost.sessions.artifacts import MemoryArtifactStore
+
+    @tool
+    async def dump() -> str:
+        """A big result."""
+        return "line of data\n" * 10_000
+
+    store = MemoryArtifactStore()
+    agent = Agent(name="a", model=ScriptedModel([call("dump"), "summarised"]), tools=[dump],
+                  policies=Policies(max_tool_result_bytes=1000, tool_result_preview_chars=100))
+    run, ctx = await harness.run(agent, artifacts=store)
+    assert run.status == "completed"
+    result = next(e for e in await harness.log(ctx.session.id) if e.type == "tool.result")
+    assert len(result.data["content"]) < 300 and "truncated" in result.data["content"]
+    artifact = result.data["artifact"]
+    assert artifact["size"] == len("line of data\n" * 10_000)
+    assert (await store.get("default", artifact["id"])).decode() == "line of data\n" * 10_000
+    # The model saw the preview, not 130 kB.
+    assert len(agent.model.requests[1].messages[-1].content) < 300  # type: ignore[union-attr]
+
+
+async def test_the_model_sees_history_within_the_token_budget(harness: Harness) -> None:
+    from roost.agent import Policies
+    from roost.models.base import Message
+
+    history = []
+    for i in range(50):
+        history += [Message(role="user", content=f"question {i} " + "x" * 400),
+                    Message(role="assistant", content=f"answer {i}")]
+    model = ScriptedModel(["ok"])
+    agent = Agent(name="a", model=model, policies=Policies(history_token_budget=1000))
+    run, _ = await harness.run(agent, "latest", messages=history)
+    sent = model.requests[0].messages
+    assert sent[-1].content == "latest"
+    assert 2 < len(sent) < 20 and sent[0].role == "user"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -86,10 +87,8 @@ async def test_no_policy_ever_interleaves_two_runs(policy: str, arrivals: list[f
         handles = []
         for gap in arrivals:
             await asyncio.sleep(gap)
-            try:
+            with contextlib.suppress(SessionBusy):
                 handles.append(await runtime.submit_turn("default", session.id, "hi"))
-            except SessionBusy:
-                pass
         for handle in handles:
             await handle.wait()
         events = await runtime.store.read_events("default", session.id, limit=10_000)
@@ -216,3 +215,35 @@ async def test_history_survives_cache_eviction(started: Callable[..., Any]) -> N
     await (await runtime.submit_turn("default", session.id, "second")).wait()
     history = [(m.role, m.content) for m in model.requests[1].messages]
     assert history == [("user", "first"), ("assistant", "first answer"), ("user", "second")]
+
+
+async def test_compaction_summarises_old_history_and_survives_a_cold_load(
+        started: Callable[..., Any]) -> None:
+    from roost.engine.compaction import CompactionPolicy
+
+    answers = [f"answer {i} " + "y" * 300 for i in range(6)]
+    model = ScriptedModel(answers[:3] + ["SUMMARY: the user asked three questions"] + answers[3:],
+                          repeat_last=True)
+    agent = Agent(name="c", model=model, policies=Policies(
+        history_token_budget=4000,
+        compaction=CompactionPolicy(trigger_tokens=400, keep_tokens=150)))
+    runtime = await started(agent)
+    session = await runtime.create_session("default", "c")
+    for i in range(3):
+        handle = await runtime.submit_turn("default", session.id, f"question {i} " + "x" * 300)
+        await handle.wait()
+    # Wait until the compaction event lands (it runs after the client got its answer).
+    for _ in range(100):
+        events = await runtime.store.read_events("default", session.id, limit=1000)
+        if any(e.type == "compaction" for e in events):
+            break
+        await asyncio.sleep(0.01)
+    compaction = next(e for e in events if e.type == "compaction")
+    assert "SUMMARY" in compaction.data["summary"]
+    runtime.cache.discard("default", session.id)  # force a cold load from the log
+    await (await runtime.submit_turn("default", session.id, "question 3")).wait()
+    sent = model.requests[-1].messages
+    assert sent[0].role == "system" and "SUMMARY" in (sent[0].content or "")
+    assert "question 0" not in " ".join(m.content or "" for m in sent[1:])
+    # Raw events stay in the store.
+    assert sum(1 for e in events if e.type == "message" and e.data["role"] == "user") == 3

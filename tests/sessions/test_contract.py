@@ -296,6 +296,9 @@ async def test_append_upserts_run_in_the_same_step(store: Store) -> None:
         await store.append(T, session.id, [message("x")], 2, run=foreign)
 
 
+# 50 writers racing for one session lose ~49 of every 50 compare-and-sets: 10,000 appends
+# cost 100-250k conflicts, two round trips each, on the network backends.
+@pytest.mark.timeout(300)
 async def test_concurrent_writers_never_interleave_or_lose_appends(store: Store) -> None:
     """WRITERS tasks x APPENDS appends to one session, each retrying on a lost CAS."""
     session = await make_session(store)

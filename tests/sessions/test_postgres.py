@@ -88,6 +88,20 @@ async def test_store_without_migrate_on_open_uses_migrated_schema(
     assert await count(db, schema, "sessions") == 1  # close() did not drop it
 
 
+async def test_bursts_beyond_the_pool_wait_for_a_connection(
+    schema: str, db: asyncpg.Connection
+) -> None:
+    store = PostgresStore(POSTGRES_URL, schema=schema, drop_schema_on_close=True, max_pool=2)
+    await store.open()
+    try:
+        await asyncio.gather(
+            *(store.create_session(Session(id=f"s{i}", tenant=T, agent="a")) for i in range(40))
+        )
+        assert len((await store.list_sessions(T, limit=100)).items) == 40
+    finally:
+        await store.close()
+
+
 def test_options_are_validated() -> None:
     with pytest.raises(ConfigError):
         PostgresStore(POSTGRES_URL, drop_schema_on_close=True)  # would drop "public"
@@ -157,7 +171,10 @@ async def test_racing_appends_one_wins_and_seqs_stay_dense(store: PostgresStore)
         )
         winners = [r for r in results if not isinstance(r, BaseException)]
         assert winners == [version + 1]
-        assert all(isinstance(r, VersionConflict) for r in results if r not in winners)
+        losers = [r for r in results if r not in winners]
+        assert all(isinstance(r, VersionConflict) for r in losers)
+        # Even a loser that queued behind the winner's row lock reports the winner's version.
+        assert {r.actual for r in losers if isinstance(r, VersionConflict)} == {version + 1}
     events = await store.read_events(T, "s1")
     assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
     session = await store.get_session(T, "s1")

@@ -38,9 +38,15 @@ async def raw(prefix: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
-async def make(prefix: str, default_ttl_s: float | None = None) -> RedisStore:
+async def make(
+    prefix: str, default_ttl_s: float | None = None, max_connections: int = 50
+) -> RedisStore:
     store = RedisStore(
-        REDIS_URL, prefix=prefix, clear_prefix_on_close=True, default_ttl_s=default_ttl_s
+        REDIS_URL,
+        prefix=prefix,
+        clear_prefix_on_close=True,
+        default_ttl_s=default_ttl_s,
+        max_connections=max_connections,
     )
     await store.open()
     return store
@@ -221,6 +227,19 @@ async def test_close_clears_only_its_prefix(prefix: str, raw: aioredis.Redis) ->
         assert await raw.get(neighbour) == b"1"
     finally:
         await raw.delete(neighbour)
+
+
+async def test_bursts_beyond_the_pool_wait_for_a_connection(
+    prefix: str, raw: aioredis.Redis
+) -> None:
+    store = await make(prefix, max_connections=2)
+    try:
+        await asyncio.gather(
+            *(store.create_session(Session(id=f"s{i}", tenant=T, agent="a")) for i in range(40))
+        )
+        assert len((await store.list_sessions(T, limit=100)).items) == 40
+    finally:
+        await store.close()
 
 
 def test_options_are_validated() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roost.agent import Agent
+from roost.engine.budget import fit_to_budget
 from roost.engine.context import message_event_data, pending_tool_calls
 from roost.engine.hooks import NO_HOOKS, EngineHooks
 from roost.errors import (
@@ -37,6 +38,7 @@ from roost.models.base import (
     ToolSpec,
 )
 from roost.sessions.records import Event, RunRecord, Session, now
+from roost.sessions.artifacts import ArtifactStore, offload_if_large
 from roost.sessions.store import Store
 from roost.tools.base import Tool, ToolArgumentsError, ToolContext
 
@@ -67,6 +69,8 @@ class RunContext:
     cancel_reason: str | None = None
     # Persisted events of this run, in order (the non-streaming response returns them).
     events: list[Event] = field(default_factory=list)
+    # Where tool results over the agent's size limit go (None: they are truncated).
+    artifacts: ArtifactStore | None = None
 
 
 class Runner:
@@ -153,7 +157,11 @@ class Runner:
 
     async def _call_model(self) -> ModelResponse:
         ctx = self.ctx
-        request = ModelRequest(messages=list(ctx.messages), tools=ctx.tool_specs,
+        policies = ctx.agent.policies
+        # The whole conversation stays in ctx.messages (it is the checkpoint); the model
+        # sees what fits the agent's token budget, never less than the current turn.
+        messages = fit_to_budget(ctx.messages, policies.history_token_budget, min_turns=1)
+        request = ModelRequest(messages=messages, tools=ctx.tool_specs,
                                settings=ctx.agent.model_settings, deadline=ctx.deadline,
                                stream=ctx.stream, metadata=dict(self._metadata))
         token = ctx.hooks.model_start(ctx.run, ctx.model.name, request)
@@ -189,13 +197,21 @@ class Runner:
         async def one(call: ToolCall) -> None:
             async with limit:
                 content, outcome, duration = await self._call_tool(call)
+            policies = self.ctx.agent.policies
+            content, artifact = await offload_if_large(
+                content, limit_bytes=policies.max_tool_result_bytes, store=self.ctx.artifacts,
+                tenant=self.ctx.run.tenant, preview_chars=policies.tool_result_preview_chars)
+            data: dict[str, Any] = {
+                "call_id": call.id, "name": call.name, "content": content,
+                "is_error": outcome != "ok", "outcome": outcome,
+                "duration_ms": round(duration * 1000, 3)}
+            if artifact is not None:
+                data["artifact"] = artifact
             result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
             async with self._append_lock:
                 self.ctx.messages.append(result)
-                await self._append([Event(type="tool.result", run_id=self.ctx.run.id, data={
-                    "call_id": call.id, "name": call.name, "content": content,
-                    "is_error": outcome != "ok", "outcome": outcome,
-                    "duration_ms": round(duration * 1000, 3)})])
+                await self._append([Event(type="tool.result", run_id=self.ctx.run.id,
+                                          data=data)])
 
         if len(calls) == 1:
             await one(calls[0])

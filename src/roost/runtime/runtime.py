@@ -26,7 +26,16 @@ from typing import Any
 
 from roost.agent import Agent, Limits, Policies
 from roost.config import Settings
-from roost.engine.context import events_to_messages, window
+from roost.engine.budget import fit_to_budget
+from roost.engine.compaction import (
+    CompactionPolicy,
+    apply_compaction,
+    compact,
+    compaction_event,
+    context_from_events,
+    needs_compaction,
+)
+from roost.engine.context import events_to_messages
 from roost.engine.hooks import NO_HOOKS, EngineHooks
 from roost.engine.run import RunContext, Runner
 from roost.errors import (
@@ -39,6 +48,7 @@ from roost.errors import (
     SessionBusy,
     StoreUnavailable,
     Unavailable,
+    VersionConflict,
 )
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
@@ -48,6 +58,7 @@ from roost.runtime.cache import CachedSession, SessionCache
 from roost.runtime.lanes import SessionLanes
 from roost.runtime.limits import admission_limits
 from roost.sessions import open_store
+from roost.sessions.artifacts import ArtifactStore, artifact_store_for, open_artifact_store
 from roost.sessions.records import TERMINAL_STATUSES, Event, Page, RunRecord, Session, now
 from roost.sessions.store import Store
 from roost.tools.base import Tool
@@ -76,6 +87,7 @@ class HostedAgent:
     state: str = "created"  # created → running ⇄ paused → stopped
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     system: Message | None = None
+    summariser: Model | None = None  # the compaction model, when compaction is on
 
 
 @dataclass(eq=False)
@@ -90,6 +102,8 @@ class RunHandle:
     ctx: RunContext | None = None
     cancel_reason: str | None = None
     started: bool = False
+    # The whole conversation after the run (without instructions), for compaction.
+    conversation: list[Message] = field(default_factory=list)
 
     async def wait(self) -> RunRecord:
         return await asyncio.shield(self.done)
@@ -117,6 +131,10 @@ class Runtime:
         self.store = store or open_store(self.settings.store.url, **self.settings.store.options)
         self.models = models or ModelRegistry(self.settings.providers, self.settings.models)
         self.hooks = hooks
+        artifacts = self.settings.artifacts
+        self.artifacts: ArtifactStore = (
+            open_artifact_store(artifacts.url, **artifacts.options) if artifacts.url
+            else artifact_store_for(self.settings.store.url, **_shared_options(self.settings)))
         self.cache = SessionCache(max_sessions=self.settings.sessions.cache_max_sessions,
                                   max_bytes=self.settings.sessions.cache_max_bytes)
         self.lanes = SessionLanes()
@@ -141,10 +159,13 @@ class Runtime:
         tools = {t.name: t for t in agent.function_tools()}
         specs = [ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
                  for t in tools.values()]
-        hosted = HostedAgent(agent=agent, model=self.models.resolve(agent.model), tools=tools,
-                             tool_specs=specs,
+        model = self.models.resolve(agent.model)
+        compaction = agent.policies.compaction
+        hosted = HostedAgent(agent=agent, model=model, tools=tools, tool_specs=specs,
                              system=Message(role="system", content=agent.instructions)
-                             if agent.instructions else None)
+                             if agent.instructions else None,
+                             summariser=(self.models.resolve(compaction.model)
+                                         if compaction.model else model) if compaction else None)
         self.agents[agent.name] = hosted
         self._max_timeout = max(h.agent.limits.run_timeout_s for h in self.agents.values())
         if self.started:
@@ -166,6 +187,7 @@ class Runtime:
 
     async def start(self) -> None:
         await self.store.open()
+        await self.artifacts.open()
         self._shared = self.store.backend in SHARED_BACKENDS
         for hosted in self.agents.values():
             if hosted.state == "created":
@@ -197,6 +219,7 @@ class Runtime:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.models.aclose()
+        await self.artifacts.close()
         await self.store.close()
 
     def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
@@ -296,8 +319,10 @@ class Runtime:
         if not session.last_seq:
             return []
         # Each message is one event among a few bookkeeping ones: read a margin more.
-        events = await self.store.tail_events(session.tenant, session.id, limit * 3)
-        return window(close_dangling_calls(events_to_messages(events)), limit)
+        events = await self.store.tail_events(session.tenant, session.id, max(limit * 3, 200))
+        policies = hosted.agent.policies if hosted else Policies()
+        return fit_to_budget(close_dangling_calls(context_from_events(events)),
+                             policies.history_token_budget, max_messages=limit)
 
     # -- turns ----------------------------------------------------------------------------
     async def submit_turn(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
@@ -381,6 +406,14 @@ class Runtime:
                     leased = await self._take_lease(run, hosted)
                     await self._refresh(entry)
             await self._execute(handle, hosted, entry, deadline)
+            policy = hosted.agent.policies.compaction
+            if (run.status == "completed" and policy is not None
+                    and needs_compaction(handle.conversation, policy)):
+                # Answer the client first; the session stays ours (lane, lease) until the
+                # summary is recorded, so the next turn sees it.
+                handle.channel.close()
+                handle.done.set_result(run)
+                await self._compact(handle, hosted, entry, policy)
         except (TimeoutError, RoostError) as exc:
             # Never started: the deadline passed while waiting, the slot timed out in the
             # queue, or the lease stayed taken.
@@ -414,7 +447,8 @@ class Runtime:
                          tool_specs=hosted.tool_specs, store=self.store, session=entry.session,
                          run=handle.run, messages=messages, deadline=deadline,
                          emit=handle.channel.publish, stream=handle.stream, hooks=self.hooks,
-                         resume=resume_messages is not None, cancel_reason=handle.cancel_reason)
+                         resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
+                         artifacts=self.artifacts)
         handle.ctx = ctx
         handle.started = True
         try:
@@ -425,8 +459,50 @@ class Runtime:
             conversation = ctx.messages[1:] if hosted.system else ctx.messages
             if handle.run.status != "completed":
                 conversation = close_dangling_calls(conversation)
-            entry.history = window(conversation, agent.policies.history_messages)
+            handle.conversation = conversation
+            entry.history = fit_to_budget(conversation, agent.policies.history_token_budget,
+                                          max_messages=agent.policies.history_messages)
             self.cache.resize(entry)
+
+    async def _compact(self, handle: RunHandle, hosted: HostedAgent, entry: CachedSession,
+                       policy: CompactionPolicy) -> None:
+        """Summarise older history with a model; best effort — a failure leaves the history
+        as it was (windowing still bounds the prompt)."""
+        assert hosted.summariser is not None
+        run = handle.run
+        loop = asyncio.get_running_loop()
+        try:
+            compaction = await compact(handle.conversation, policy, hosted.summariser,
+                                       deadline=loop.time() + policy.timeout_s,
+                                       metadata={"run_id": run.id, "tenant": run.tenant,
+                                                 "session_id": run.session_id,
+                                                 "purpose": "compaction"})
+            if compaction is None:
+                return
+            event = compaction_event(compaction, run.id)
+            session = entry.session
+            for _ in range(3):
+                try:
+                    session.version = await self.store.append(run.tenant, session.id, [event],
+                                                              session.version)
+                    break
+                except VersionConflict:
+                    fresh = await self.store.get_session(run.tenant, session.id)
+                    if fresh.last_seq != session.last_seq:
+                        return  # someone else moved the log on; skip this compaction
+                    session.version = fresh.version
+            else:
+                return
+            session.last_seq = event.seq
+            agent = hosted.agent
+            entry.history = fit_to_budget(apply_compaction(handle.conversation, compaction),
+                                          agent.policies.history_token_budget,
+                                          max_messages=agent.policies.history_messages)
+            self.cache.resize(entry)
+            log.info("compacted session %s: %d messages summarised", session.id,
+                     compaction.replaced)
+        except RoostError as exc:
+            log.warning("compaction of session %s failed: %s", run.session_id, exc)
 
     async def _record_unstarted(self, handle: RunHandle, status: str, exc: BaseException | None) -> None:
         run = handle.run
@@ -535,7 +611,9 @@ class Runtime:
         try:
             await slot.acquire()
             await self._execute(handle, hosted, entry, deadline,
-                                resume_messages=window(messages, 10_000))
+                                resume_messages=fit_to_budget(
+                                    messages, hosted.agent.policies.history_token_budget,
+                                    min_turns=1))
         except asyncio.CancelledError:
             pass
         except RoostError as exc:
@@ -579,6 +657,12 @@ class Runtime:
             return 0
         if count:
             log.info("expired %d sessions", count)
+        retention = self.settings.artifacts.retention_s
+        if retention:
+            try:
+                await self.artifacts.sweep(now() - retention)
+            except RoostError as exc:
+                log.warning("artifact sweep failed: %s", exc)
         return count
 
     def statistics(self) -> dict[str, Any]:
@@ -620,9 +704,16 @@ def resume_messages(events: list[Event], run_id: str) -> list[Message]:
     """Repair earlier runs' conversation but leave the resumed run's open calls open: those
     are exactly what the resume must execute."""
     first = next((i for i, e in enumerate(events) if e.run_id == run_id), len(events))
-    before = events_to_messages(events[:first])
+    before = context_from_events(events[:first])
     after = events_to_messages(events[first:])
     return close_dangling_calls(before) + after
+
+
+def _shared_options(settings: Settings) -> dict[str, Any]:
+    """Artifact-store options that follow the session store's (a PostgreSQL schema, a Redis
+    prefix), so tests and tenants of one server stay apart."""
+    options = settings.store.options
+    return {k: options[k] for k in ("schema", "prefix") if k in options}
 
 
 def _fields(obj: Any) -> dict[str, Any]:

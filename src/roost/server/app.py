@@ -12,7 +12,7 @@ from fastapi.responses import ORJSONResponse
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.limits import BodySizeLimit
-from roost.server.routes import admin, agents, health, runs, sessions
+from roost.server.routes import admin, agents, artifacts, health, runs, sessions
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -33,7 +33,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.runtime = runtime
     app.state.tenant_header = settings.server.tenant_header
     problems.install(app)
-    for module in (health, agents, sessions, runs, admin):
+    for module in (health, agents, sessions, runs, artifacts, admin):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     return app

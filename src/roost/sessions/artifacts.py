@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_che
 
 import msgspec
 
-from roost.errors import ConfigError, InvalidInput, NotFound, RoostError, StoreUnavailable
+from roost.errors import ArtifactNotFound, ConfigError, InvalidInput, NotFound, RoostError, StoreUnavailable
 
 if TYPE_CHECKING:
     import asyncpg
@@ -69,10 +69,6 @@ TEXT_MEDIA_TYPE = "text/plain; charset=utf-8"
 _ID = re.compile(r"[0-9a-f]{64}")
 # Hashing a few MiB takes milliseconds: above this size it runs in a worker thread.
 _HASH_IN_THREAD_BYTES = 256 * 1024
-
-
-class ArtifactNotFound(NotFound):
-    type = "artifact_not_found"
 
 
 class ArtifactRef(msgspec.Struct, frozen=True, kw_only=True):
