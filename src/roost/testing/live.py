@@ -9,6 +9,7 @@ joined on exit), so synchronous and asynchronous clients in the test can both ta
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -52,3 +53,13 @@ class LiveServer:
                  tb: TracebackType | None) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=30)
+
+    # From async tests: start and stop without blocking the test's own event loop (which
+    # may be serving something the server needs, such as a proxy to its store).
+    async def __aenter__(self) -> LiveServer:
+        await asyncio.to_thread(self.__enter__)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.to_thread(self.__exit__, exc_type, exc, tb)
