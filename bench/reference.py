@@ -114,12 +114,21 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--warmup-sessions", type=int, default=20)
     parser.add_argument("--config-extra", default="", help="TOML appended to the server config")
+    parser.add_argument("--observability", choices=["off", "on", "full"], default="on",
+                        help="off: no metrics/logs/traces; on: defaults (metrics, JSON access "
+                             "and run logs); full: on + tracing exported over OTLP")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     store = args.store or f"sqlite:///{workdir}/roost.db"
-    mock_port, server_port = free_port(), free_port()
+    mock_port, server_port, sink_port = free_port(), free_port(), free_port()
+    observability = {
+        "off": "[observability]\nmetrics = false\naccess_log = false\nrun_log = false\n"
+               "tracing = false\n",
+        "on": "[observability]\nlog_format = \"json\"\n",
+        "full": "[observability]\nlog_format = \"json\"\ntracing = true\n",
+    }[args.observability]
     config = workdir / "roost.toml"
     config.write_text(f"""
 [server]
@@ -134,9 +143,13 @@ provider = "mock"
 model = "gpt-mock"
 [agents.weather]
 model = "mock"
+{observability}
 {args.config_extra}
 """)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces"}
+    sink = subprocess.Popen(pinned(1, [PYTHON, str(ROOT / "bench" / "otlp_sink.py"), "--port",
+                                       str(sink_port)]), env=env)
     mock = subprocess.Popen(pinned(1, [PYTHON, "-m", "roost.testing.mock_openai", "--port",
                                        str(mock_port), "--latency-ms", str(args.latency_ms)]),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,7 +160,7 @@ model = "mock"
     server = subprocess.Popen(pinned(0, [*prefix, PYTHON, "-m", "roost.cli", "serve",
                                          str(ROOT / "examples" / "weather.py"), "--config",
                                          str(config), "--log-level", "warning"]),
-                              env=env, cwd=workdir, stdout=subprocess.DEVNULL,
+                              env=env, cwd=workdir, stdout=open(workdir / "server.out", "w"),
                               stderr=open(workdir / "server.log", "w"))
     try:
         wait_for(f"http://127.0.0.1:{mock_port}/v1/models")
@@ -169,9 +182,9 @@ model = "mock"
             for child in psutil.Process(server.pid).children(recursive=True):
                 child.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
-        for proc in (server, mock):
+        for proc in (server, mock, sink):
             proc.send_signal(signal.SIGTERM)
-        for proc in (server, mock):
+        for proc in (server, mock, sink):
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -181,6 +194,7 @@ model = "mock"
     floor = 2 * args.latency_ms / 1000
     result = {
         "store": store.split("://")[0],
+        "observability": args.observability,
         "turns": turns,
         "errors": len(errors),
         "cpu_ms_per_turn": round(cpu / max(turns, 1) * 1000, 3),

@@ -76,20 +76,24 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Serve agents over HTTP (the bundled examples when no PATH is given)."""
-    from roost.runtime.runtime import Runtime
+    from roost.server.assemble import assemble
     from roost.server.serve import serve as run_server
 
     settings = _settings(config, store, host=host, port=port)
+    if log_level != "info":  # the flag wins over the config file
+        settings.observability.log_level = log_level  # type: ignore[assignment]  # validated below
     agents = _agents(settings, paths or [])
     try:
-        runtime = Runtime(settings, agents)
+        runtime, observability = assemble(settings, agents)
     except ConfigError as exc:
         _print_config_errors(exc)
         raise typer.Exit(2) from None
+    observability.configure_logging()
     names = ", ".join(a.name for a in agents)
     errors.print(f"[bold]roost[/] serving [cyan]{names}[/] on http://{settings.server.host}:"
                  f"{settings.server.port} (store {settings.store.url}; docs at /docs)")
-    run_server(runtime, host=settings.server.host, port=settings.server.port, log_level=log_level)
+    run_server(runtime, observability, host=settings.server.host, port=settings.server.port,
+               log_level=log_level)
 
 
 @contextlib.asynccontextmanager

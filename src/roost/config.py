@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from roost.errors import ConfigError
+from roost.observability.config import ObservabilityConfig
 
 
 class _Section(BaseModel):
@@ -149,7 +150,7 @@ class Settings(BaseSettings):
     agents: dict[str, AgentOverride] = Field(default_factory=dict)
     # Python files or modules to load agents from (CLI arguments add to these).
     load: list[str] = Field(default_factory=list)
-    observability: dict[str, Any] = Field(default_factory=dict)
+    observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
 
     @classmethod
     def settings_customise_sources(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -49,7 +50,7 @@ def build_app(obs: Observability) -> FastAPI:
     @app.post("/v1/runs")
     async def start_run() -> dict[str, str]:
         # What the runtime does: the run task is created inside the request.
-        async def run_task() -> str:
+        async def run_task() -> dict[str, str]:
             run = make_run()
             token = obs.hooks.run_start(run, model="openai:gpt-4o")
             request = make_request()
@@ -57,10 +58,9 @@ def build_app(obs: Observability) -> FastAPI:
             obs.hooks.model_end(call, make_response(), None)
             run.status = "completed"
             obs.hooks.run_end(token, run)
-            return request.metadata.get("traceparent", "")
+            return request.metadata
 
-        traceparent = await asyncio.create_task(run_task())
-        return {"traceparent": traceparent}
+        return await asyncio.create_task(run_task())
 
     @app.get("/boom")
     async def boom() -> None:
@@ -87,9 +87,17 @@ def build_app(obs: Observability) -> FastAPI:
     return app
 
 
+async def no_receive() -> dict[str, Any]:
+    raise AssertionError("not expected to read the request")
+
+
+async def no_send(message: MutableMapping[str, Any]) -> None:
+    raise AssertionError("not expected to respond")
+
+
 def client(obs: Observability, app: Any = None) -> httpx.AsyncClient:
     wrapped = obs.asgi_middleware(app if app is not None else build_app(obs))
-    transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=False)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=wrapped, raise_app_exceptions=False)
     return httpx.AsyncClient(transport=transport, base_url="http://test")
 
 
@@ -157,7 +165,8 @@ async def test_incoming_traceparent_is_continued_by_a_server_span() -> None:
 async def test_a_run_started_in_a_request_is_a_child_of_the_request_span() -> None:
     obs, exporter = traced()
     async with client(obs) as http:
-        response = await http.post("/v1/runs", headers={"traceparent": TRACEPARENT})
+        response = await http.post("/v1/runs", headers={"traceparent": TRACEPARENT,
+                                                        "tracestate": "vendor=abc"})
     spans = by_name(exporter.get_finished_spans())
     server, agent, chat = spans["POST /v1/runs"], spans["invoke_agent support"], spans["chat gpt-4o"]
     assert agent.parent is not None and agent.parent.span_id == server.context.span_id
@@ -165,6 +174,7 @@ async def test_a_run_started_in_a_request_is_a_child_of_the_request_span() -> No
     # request -> invoke_agent -> chat, all in the caller's trace, and sent upstream.
     assert response.json()["traceparent"].split("-")[1] == REMOTE_TRACE
     assert response.json()["traceparent"].split("-")[2] == f"{chat.context.span_id:016x}"
+    assert response.json()["tracestate"] == "vendor=abc"
 
 
 async def test_errors_are_counted_and_marked_on_the_span() -> None:
@@ -219,19 +229,20 @@ async def test_websocket_gets_a_request_id_and_a_metric() -> None:
     obs = Observability()
     app = obs.asgi_middleware(build_app(obs))
     sent: list[dict[str, Any]] = []
-    inbox = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    inbox: list[dict[str, Any]] = [{"type": "websocket.connect"},
+                                   {"type": "websocket.disconnect", "code": 1000}]
 
     async def receive() -> dict[str, Any]:
         return inbox.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     scope = {"type": "websocket", "path": "/ws", "raw_path": b"/ws", "root_path": "",
              "headers": [(b"x-request-id", b"ws-1")], "query_string": b"", "scheme": "ws",
              "client": ("127.0.0.1", 5000), "server": ("test", 80), "subprotocols": [],
              "asgi": {"version": "3.0"}}
-    await app(scope, receive, send)  # type: ignore[arg-type]
+    await app(scope, receive, send)
     accept = next(m for m in sent if m["type"] == "websocket.accept")
     assert (b"x-request-id", b"ws-1") in accept["headers"]
     assert value(scrape(obs), "roost_http_requests_total", route="/ws", method="WEBSOCKET",
@@ -248,7 +259,11 @@ async def test_a_cancelled_request_is_recorded_as_499() -> None:
 
     app = obs.asgi_middleware(hangs)
     scope = {"type": "http", "method": "GET", "path": "/slow", "headers": []}
-    task = asyncio.create_task(app(scope, None, None))  # type: ignore[arg-type]
+
+    async def serve() -> None:
+        await app(scope, no_receive, no_send)
+
+    task = asyncio.create_task(serve())
     await started.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -264,10 +279,14 @@ async def test_lifespan_passes_through_and_add_middleware_works() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         calls.append(scope["type"])
 
-    await obs.asgi_middleware(app)({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await obs.asgi_middleware(app)({"type": "lifespan"}, no_receive, no_send)
     assert calls == ["lifespan"]
+    assert not [k for k in scrape(obs) if k[0] == "roost_http_requests_total"]
+    # An app that returns without answering: the server answers 500, and so do the metrics.
+    await obs.asgi_middleware(app)({"type": "http", "method": "GET", "path": "/"},
+                                   no_receive, no_send)
     assert value(scrape(obs), "roost_http_requests_total", route="unmatched", method="GET",
-                 status="0") == 0
+                 status="500") == 1
 
     fastapi_app = build_app(obs)
     fastapi_app.add_middleware(ObservabilityMiddleware, observability=obs)

@@ -93,7 +93,7 @@ async def test_ten_thousand_runs_leak_nothing(caplog: pytest.LogCaptureFixture) 
 
     assert processor.started == processor.ended  # every span ended, on every path
     assert processor.started == 11_000 // 10 * (2 + 2 + 4 + 7 * 4)
-    assert obs.hooks.active_runs == 0  # type: ignore[attr-defined]
+    assert obs.hooks.active_runs == 0
     assert dict(current_context()) == {}
     assert objects_after - objects_before < 500
     assert rss_after - rss_before < 8 * 2**20

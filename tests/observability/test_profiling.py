@@ -50,7 +50,7 @@ async def test_bad_interval_and_format() -> None:
     with pytest.raises(InvalidInput):
         await profile(1, interval=1.0)
     with pytest.raises(InvalidInput):
-        await profile(1, format="pdf")  # type: ignore[arg-type]
+        await profile(1, format="pdf")  # type: ignore[arg-type,unused-ignore]
 
 
 async def test_cancelling_stops_the_profiler_cleanly() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 
 import pytest
 from pydantic import ValidationError
@@ -50,6 +51,9 @@ def test_prices_from_config() -> None:
         ObservabilityConfig.model_validate({"prices": {"m": {"input": -1, "output": 1}}})
     with pytest.raises(ValidationError):
         ObservabilityConfig.model_validate({"metric": True})  # a typo is an error
+    assert ObservabilityConfig.model_validate({"log_level": "INFO"}).log_level == "info"
+    with pytest.raises(ValidationError):
+        ObservabilityConfig.model_validate({"log_level": "loud"})
 
 
 def run(run_id: str, *, tenant: str = "acme", agent: str = "support", when: str = "2025-01-31 10",
@@ -60,10 +64,9 @@ def run(run_id: str, *, tenant: str = "acme", agent: str = "support", when: str 
                        created_at=float(created),
                        usage=Usage(input_tokens=tokens[0], output_tokens=tokens[1], cost=cost))
     if model is not None:
-        try:
-            record.model = model  # type: ignore[attr-defined]
-        except AttributeError:
-            pass  # RunRecord has no `model` field yet: grouped as "unknown"
+        # RunRecord has no `model` field yet: such runs group as "unknown".
+        with contextlib.suppress(AttributeError):
+            record.model = model  # type: ignore[attr-defined,unused-ignore]
     return record
 
 

@@ -37,8 +37,8 @@ from roost.models.base import (
     ToolCall,
     ToolSpec,
 )
-from roost.sessions.records import Event, RunRecord, Session, now
 from roost.sessions.artifacts import ArtifactStore, offload_if_large
+from roost.sessions.records import Event, RunRecord, Session, now
 from roost.sessions.store import Store
 from roost.tools.base import Tool, ToolArgumentsError, ToolContext
 

@@ -9,23 +9,30 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 
+from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.limits import BodySizeLimit
-from roost.server.routes import admin, agents, artifacts, health, runs, sessions
+from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions
 
 
-def create_app(runtime: Runtime) -> FastAPI:
+def create_app(runtime: Runtime, observability: Observability | None = None) -> FastAPI:
+    """The HTTP app for `runtime`. With `observability` (see `roost.server.assemble`): the
+    request middleware, `/metrics`, and `/v1/admin/profile`."""
     settings = runtime.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if observability is not None:
+            await observability.start()
         await runtime.start()
         try:
             yield
         finally:
             await runtime.drain()
             await runtime.close()
+            if observability is not None:
+                await observability.shutdown()
 
     app = FastAPI(title="Roost", version="0.1.0", lifespan=lifespan,
                   default_response_class=ORJSONResponse,
@@ -36,4 +43,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     for module in (health, agents, sessions, runs, artifacts, admin):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    if observability is not None:
+        app.state.observability = observability
+        app.include_router(observe.router)
+        # Added last, so outermost: it sees every request, rejected ones included.
+        app.add_middleware(ObservabilityMiddleware, observability=observability)
     return app

@@ -15,6 +15,7 @@ from types import FrameType
 
 import uvicorn
 
+from roost.observability import Observability
 from roost.runtime.runtime import Runtime
 from roost.server.app import create_app
 
@@ -49,8 +50,11 @@ class RoostServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(runtime: Runtime, *, host: str, port: int, log_level: str = "info") -> None:
-    config = uvicorn.Config(create_app(runtime), host=host, port=port, loop="auto",
-                            http="auto", log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=5, lifespan="on")
+def serve(runtime: Runtime, observability: Observability | None = None, *, host: str, port: int,
+          log_level: str = "info") -> None:
+    # log_config=None: Roost's logging (structlog, JSON in production) owns the loggers;
+    # the access log comes from the observability middleware.
+    config = uvicorn.Config(create_app(runtime, observability), host=host, port=port,
+                            loop="auto", http="auto", log_level=log_level, access_log=False,
+                            log_config=None, timeout_graceful_shutdown=5, lifespan="on")
     RoostServer(config, runtime).run()

@@ -37,7 +37,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, runtime_che
 
 import msgspec
 
-from roost.errors import ArtifactNotFound, ConfigError, InvalidInput, NotFound, RoostError, StoreUnavailable
+from roost.errors import (
+    ArtifactNotFound,
+    ConfigError,
+    InvalidInput,
+    RoostError,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     import asyncpg

@@ -104,6 +104,7 @@ class RunRecord(msgspec.Struct, kw_only=True):
     session_id: str
     tenant: str = DEFAULT_TENANT
     agent: str
+    model: str = ""  # the model reference that served the run ("openai:gpt-4o-mini", "demo")
     status: str = "queued"
     input: str = ""
     output: str | None = None

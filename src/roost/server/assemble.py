@@ -1,0 +1,51 @@
+"""Put a server together: settings + agents → an instrumented Runtime and its Observability.
+
+Observability is injected here, at the edge: the runtime gets `hooks` and an instrumented
+store, the app gets the middleware and `/metrics`; domain code never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from roost.agent import Agent
+from roost.config import Settings
+from roost.observability import Observability
+from roost.runtime.runtime import Runtime
+from roost.sessions import open_store
+from roost.sessions.store import Store
+
+
+def assemble(settings: Settings, agents: Iterable[Agent], *,
+             store: Store | None = None) -> tuple[Runtime, Observability]:
+    observability = Observability(settings.observability)
+    store = observability.instrument_store(
+        store or open_store(settings.store.url, **settings.store.options))
+    runtime = Runtime(settings, agents, store=store, hooks=observability.hooks)
+    observability.register_stats("runtime", lambda: runtime_gauges(runtime))
+    policy_state = runtime.models.policy_state
+    if policy_state is not None:
+        observability.register_stats("models", lambda: model_gauges(policy_state))
+    return runtime, observability
+
+
+def runtime_gauges(runtime: Runtime) -> Mapping[str, Any]:
+    """The runtime primitives' own statistics, in the shape the metrics layer reads."""
+    admission = runtime.admission.statistics()
+    cache = runtime.cache.statistics()
+    return {
+        "queue_depth": {tenant: {"all": n} for tenant, n in admission.queued_by_tenant.items()},
+        "queue_depth_by_priority": dict(admission.queued_by_priority),
+        "runs_running": dict(admission.running_by_tenant),
+        "admission_rejections_total": dict(admission.rejected),
+        "admission_running_limit": admission.running_limit,
+        "sessions_active": len(runtime.lanes),
+        "sessions_cached": cache.sessions,
+        "sessions_cached_bytes": cache.bytes,
+    }
+
+
+def model_gauges(policy_state: Any) -> Mapping[str, Any]:
+    stats = policy_state.statistics()
+    return {"breaker_state": {name: b["state"] for name, b in stats["breakers"].items()}}
