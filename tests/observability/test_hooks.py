@@ -341,11 +341,11 @@ def test_a_hook_failing_half_way_is_undone_by_run_end() -> None:
     hooks = obs.hooks
     assert isinstance(hooks, ObservabilityHooks)
 
-    class BrokenTracer:
-        def start_span(self, *args: object, **kwargs: object) -> None:
+    class BrokenStarter:
+        def start(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError("exporter misconfigured")
 
-    hooks._tracer = BrokenTracer()  # type: ignore[assignment]
+    hooks._spans = BrokenStarter()  # type: ignore[assignment]
     run = make_run()
     before = dict(current_context())
     token = contextvars.copy_context().run(hooks.run_start, run, model="demo")

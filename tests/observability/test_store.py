@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from roost.errors import SessionNotFound, StoreUnavailable, VersionConflict
 from roost.observability import InstrumentedStore, Observability, ObservabilityConfig
 from roost.sessions.records import Event, Page, RunRecord, Session
 from roost.sessions.store import Store
+from roost.sessions.usage import UsageTotals
 from tests.observability import make_run, scrape, traced, value
 
 
@@ -105,6 +107,12 @@ class RecordingStore:
         await self._do("expire_sessions", now)
         return 2
 
+    async def usage_summary(self, tenant: str, *, group_by: Sequence[str] = ("agent", "model"),
+                            since: float | None = None,
+                            until: float | None = None) -> list[UsageTotals]:
+        await self._do("usage_summary", tenant, tuple(group_by), since, until)
+        return []
+
     def backend_extra(self) -> str:
         return "extra"
 
@@ -130,6 +138,7 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "acquire_lease": (("t", "s", "me", 30.0), {}),
     "release_lease": (("t", "s", "me"), {}),
     "expire_sessions": ((123.0,), {}),
+    "usage_summary": (("t",), {"group_by": ("agent", "day"), "since": 1.0, "until": 2.0}),
 }
 
 

@@ -26,6 +26,9 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import Event, RunRecord, Session, Store, Usage
+from roost.sessions import usage as usage_module
+from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.usage import UsageTotals
 
 T = "default"
 WRITERS = int(os.environ.get("ROOST_CONTRACT_WRITERS", "50"))
@@ -407,6 +410,141 @@ async def test_runs_put_get_list(store: Store) -> None:
         await store.put_run(RunRecord(id="r-x", session_id="missing", agent="helper"))
     with pytest.raises(InvalidInput):
         await store.list_runs(T, limit=0)
+
+
+# -- runs by model, window and agent; usage summaries --------------------------------------
+# 2023-11-14T22:13:20Z. The runs below straddle the next UTC midnight (BASE + 6400), one a
+# quarter second before it. Costs are binary fractions, so sums are exact in any order.
+BASE = 1_700_000_000.0
+MIDNIGHT = BASE + 6400
+
+
+async def seed_usage(store: Store) -> tuple[Session, Session]:
+    s1, s2 = await make_session(store), await make_session(store)
+    rows = [  # id, session, agent, model, status, created_at offset, usage
+        ("u-0", s1, "helper", "openai:gpt-4o-mini", "completed", 0.0, (10, 2, 0.5)),
+        ("u-1", s2, "helper", "demo", "completed", 1500.0, (20, 4, 0.25)),
+        ("u-2", s1, "writer", "openai:gpt-4o-mini", "failed", 3000.0, (5, 0, 0.125)),
+        ("u-3", s2, "writer", "", "running", 6399.75, (1, 1, 0.0)),
+        ("u-4", s1, "helper", "openai:gpt-4o-mini", "completed", 6400.0, (100, 50, 1.0)),
+    ]
+    for run_id, session, agent, model, status, offset, (i, o, c) in rows:
+        await store.put_run(RunRecord(
+            id=run_id, session_id=session.id, agent=agent, model=model, status=status,
+            created_at=BASE + offset, updated_at=BASE + offset,
+            usage=Usage(input_tokens=i, output_tokens=o, cost=c),
+        ))
+    other = await make_session(store, tenant="other")
+    await store.put_run(RunRecord(id="u-x", session_id=other.id, tenant="other", agent="helper",
+                                  model="demo", created_at=BASE, usage=Usage(input_tokens=7)))
+    return s1, s2
+
+
+def totals(key: dict[str, str], runs: int, i: int, o: int, c: float) -> UsageTotals:
+    return UsageTotals(key=key, runs=runs, input_tokens=i, output_tokens=o, cost=c)
+
+
+async def test_run_model_round_trips(store: Store) -> None:
+    session = await make_session(store)
+    served = RunRecord(id=new_id("r"), session_id=session.id, agent="helper",
+                       model="openai:gpt-4o-mini")
+    await store.put_run(served)
+    assert await store.get_run(T, served.id) == served
+    plain = RunRecord(id=new_id("r"), session_id=session.id, agent="helper")
+    v = await store.append(T, session.id, [Event(type="run.started", run_id=plain.id)], 0,
+                           run=plain)
+    assert (await store.get_run(T, plain.id)).model == ""
+    plain.model, plain.status = "demo", "completed"
+    await store.append(T, session.id, [Event(type="run.completed", run_id=plain.id)], v,
+                       run=plain)
+    assert await store.get_run(T, plain.id) == plain
+    assert {r.id: r.model for r in await store.list_runs(T)} == {
+        served.id: "openai:gpt-4o-mini", plain.id: "demo"}
+
+
+async def test_list_runs_by_window_and_agent(store: Store) -> None:
+    s1, s2 = await seed_usage(store)
+
+    async def ids(**filters: Any) -> list[str]:
+        return [r.id for r in await store.list_runs(T, **filters)]
+
+    assert await ids() == ["u-4", "u-3", "u-2", "u-1", "u-0"]
+    assert await ids(since=BASE + 1500) == ["u-4", "u-3", "u-2", "u-1"]  # since is inclusive
+    assert await ids(until=BASE + 3000) == ["u-1", "u-0"]  # until is exclusive
+    assert await ids(since=BASE + 1500, until=MIDNIGHT) == ["u-3", "u-2", "u-1"]
+    assert await ids(agent="writer") == ["u-3", "u-2"]
+    assert await ids(agent="helper", since=BASE + 1) == ["u-4", "u-1"]
+    assert await ids(session_id=s1.id, since=BASE + 1) == ["u-4", "u-2"]
+    assert await ids(session_id=s2.id, until=MIDNIGHT, agent="helper") == ["u-1"]
+    assert await ids(status="completed", until=MIDNIGHT) == ["u-1", "u-0"]
+    assert await ids(session_id=s1.id, status="completed", agent="helper") == ["u-4", "u-0"]
+    assert await ids(since=BASE, until=MIDNIGHT, limit=1) == ["u-3"]
+    assert await ids(since=MIDNIGHT, until=MIDNIGHT) == []
+    assert await ids(agent="nobody") == []
+    assert [r.id for r in await store.list_runs("other", agent="helper")] == ["u-x"]
+    assert await store.list_runs("nobody", since=0.0) == []
+    assert len(await store.list_runs(T, limit=MAX_LIST_RUNS)) == 5
+    for bad, field in (({"limit": MAX_LIST_RUNS + 1}, "limit"),
+                       ({"since": float("nan")}, "since"),
+                       ({"until": float("inf")}, "until")):
+        with pytest.raises(InvalidInput) as caught:
+            await store.list_runs(T, **bad)
+        assert caught.value.field == field
+
+
+async def test_usage_summary_groups_and_windows(store: Store) -> None:
+    s1, s2 = await seed_usage(store)
+    assert await store.usage_summary(T) == [  # by agent and model, sorted by key
+        totals({"agent": "helper", "model": "demo"}, 1, 20, 4, 0.25),
+        totals({"agent": "helper", "model": "openai:gpt-4o-mini"}, 2, 110, 52, 1.5),
+        totals({"agent": "writer", "model": ""}, 1, 1, 1, 0.0),
+        totals({"agent": "writer", "model": "openai:gpt-4o-mini"}, 1, 5, 0, 0.125),
+    ]
+    assert await store.usage_summary(T, group_by=("day",)) == [
+        totals({"day": "2023-11-14"}, 4, 36, 7, 0.875),
+        totals({"day": "2023-11-15"}, 1, 100, 50, 1.0),
+    ]
+    assert await store.usage_summary(T, group_by=["hour", "status"]) == [
+        totals({"hour": "2023-11-14T22", "status": "completed"}, 2, 30, 6, 0.75),
+        totals({"hour": "2023-11-14T23", "status": "failed"}, 1, 5, 0, 0.125),
+        totals({"hour": "2023-11-14T23", "status": "running"}, 1, 1, 1, 0.0),
+        totals({"hour": "2023-11-15T00", "status": "completed"}, 1, 100, 50, 1.0),
+    ]
+    [grand] = await store.usage_summary(T, group_by=())
+    assert grand == totals({}, 5, 136, 57, 1.875) and grand.total_tokens == 193
+    window = await store.usage_summary(T, group_by=("model",), since=BASE + 1500,
+                                       until=MIDNIGHT)
+    assert window == [
+        totals({"model": ""}, 1, 1, 1, 0.0),
+        totals({"model": "demo"}, 1, 20, 4, 0.25),
+        totals({"model": "openai:gpt-4o-mini"}, 1, 5, 0, 0.125),
+    ]
+    assert await store.usage_summary(T, since=MIDNIGHT + 1) == []
+    assert await store.usage_summary(T, group_by=(), until=BASE) == []
+    # Tenant-scoped, and a deleted session's runs stop counting.
+    assert await store.usage_summary("other", group_by=("agent",)) == [
+        totals({"agent": "helper"}, 1, 7, 0, 0.0)]
+    assert await store.usage_summary("nobody") == []
+    await store.delete_session(T, s2.id)
+    assert await store.usage_summary(T, group_by=()) == [totals({}, 3, 115, 52, 1.625)]
+
+
+async def test_usage_summary_rejects_bad_keys_and_too_many_groups(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await seed_usage(store)
+    for group_by in (("tenant",), ("agent", "agent"), ("input",), "agent"):
+        with pytest.raises(InvalidInput) as caught:
+            await store.usage_summary(T, group_by=group_by)
+        assert caught.value.field == "group_by"
+    with pytest.raises(InvalidInput) as caught:
+        await store.usage_summary(T, since=float("nan"))
+    assert caught.value.field == "since"
+    monkeypatch.setattr(usage_module, "MAX_USAGE_GROUPS", 3)
+    assert len(await store.usage_summary(T, group_by=("day",))) == 2
+    with pytest.raises(InvalidInput, match="more than 3 groups") as caught:
+        await store.usage_summary(T)  # four (agent, model) groups
+    assert caught.value.field == "group_by"
 
 
 # -- leases -------------------------------------------------------------------------------

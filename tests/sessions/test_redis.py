@@ -9,12 +9,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from roost.errors import ConfigError, VersionConflict
-from roost.sessions import Event, RunRecord, Session, open_store
+from roost.sessions import Event, RunRecord, Session, Usage, open_store
 from roost.sessions.redis import RedisStore
+from roost.sessions.usage import UsageTotals
 from tests.conftest import REDIS_URL, require_service
 
 T = "acme"
@@ -255,3 +257,40 @@ def test_options_are_validated() -> None:
 async def test_malformed_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         await RedisStore("redis://127.0.0.1:notaport/0").open()
+
+
+async def test_run_pages_resume_after_ties_without_repeats_or_gaps(store: RedisStore) -> None:
+    # Pages of 2 over runs sharing created_at: each page resumes after the last (score, id)
+    # it yielded, so ties split across pages are neither repeated nor skipped.
+    store.scan_batch_size = 2
+    await store.create_session(Session(id="s1", tenant=T, agent="a"))
+    stamps = [5.0, 7.0, 7.0, 7.0, 7.0, 7.0, 9.0]
+    for n, created_at in enumerate(stamps):
+        await store.put_run(RunRecord(id=f"r{n}", session_id="s1", tenant=T, agent="a",
+                                      created_at=created_at, usage=Usage(input_tokens=1)))
+    newest_first = [r.id for r in await store.list_runs(T)]
+    assert newest_first == ["r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+    assert [r.id for r in await store.list_runs(T, since=7.0, until=9.0)] == [
+        "r5", "r4", "r3", "r2", "r1"]
+    assert [r.id for r in await store.list_runs(T, limit=3)] == ["r6", "r5", "r4"]
+    [total] = await store.usage_summary(T, group_by=())
+    assert (total.runs, total.input_tokens) == (7, 7)
+
+
+async def test_usage_summary_reads_runs_written_before_the_usage_fields(
+    store: RedisStore, raw: aioredis.Redis, prefix: str
+) -> None:
+    await store.create_session(Session(id="s1", tenant=T, agent="a"))
+    await store.put_run(RunRecord(id="r1", session_id="s1", tenant=T, agent="a", model="demo",
+                                  usage=Usage(input_tokens=4, output_tokens=2, cost=0.5)))
+    # What the previous release wrote: j (without model), st and sid only.
+    key = f"{prefix}{T}:r:r1"
+    assert set(await raw.hgetall(key)) == {b"j", b"st", b"sid", b"a", b"m", b"us"}
+    old = msgspec.json.decode(await raw.hget(key, "j") or b"")
+    del old["model"]
+    await raw.hset(key, "j", msgspec.json.encode(old))
+    await raw.hdel(key, "a", "m", "us")
+    assert (await store.get_run(T, "r1")).model == ""
+    assert await store.usage_summary(T) == [
+        UsageTotals(key={"agent": "a", "model": ""}, runs=1, input_tokens=4, output_tokens=2,
+                    cost=0.5)]

@@ -27,6 +27,7 @@ from roost.sessions import sqlite as sqlite_module
 from roost.sessions.sqlite import SQLiteStore
 
 T = "default"
+ALL_VERSIONS = [(v,) for v in range(1, sqlite_module.SCHEMA_VERSION + 1)]
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ async def test_url_creates_parent_directories_and_wal_file(tmp_path: Path) -> No
         await store.create_session(Session(id="s", agent="a"))
         with raw(path) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-            assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+            assert conn.execute("SELECT version FROM schema_version").fetchall() == ALL_VERSIONS
     finally:
         await store.close()
 
@@ -145,7 +146,7 @@ async def test_data_survives_reopen_and_schema_is_not_reapplied(tmp_path: Path) 
     finally:
         await second.close()
     with raw(Path(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == ALL_VERSIONS
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -183,10 +184,20 @@ async def test_queries_use_indexes(store: SQLiteStore) -> None:
         for session_id in (None, "s")
         for status in (None, "running")
     ]
+    queries += [
+        sqlite_module._list_runs_query(T, session_id, None, 10, agent="a", since=1.0, until=2.0)
+        for session_id in (None, "s")
+    ]
     with raw(Path(store.path)) as conn:
         for sql, params in queries:
             plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
             assert "USING" in plan and "TEMP B-TREE" not in plan, (sql, plan)
+        # A usage summary walks the tenant's time range on the index; grouping the rows it
+        # finds needs a temporary b-tree, of the groups (few), not of the runs.
+        for group_by in ((), ("agent", "model"), ("day",)):
+            sql, params = sqlite_module._usage_query(T, group_by, 1.0, 2.0)
+            plan = " | ".join(r[3] for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "USING INDEX runs_by_tenant (tenant=? AND created_at>? AND created_at<?)" in plan
 
 
 # -- group commit ---------------------------------------------------------------------------

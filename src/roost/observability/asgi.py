@@ -57,7 +57,7 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, observability: Observability) -> None:
         self.app = app
         self._m = observability.metrics
-        self._tracer = observability.tracer
+        self._spans = tracing.span_starter(observability.tracer)
         self._access_log = observability.config.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,15 +81,16 @@ class ObservabilityMiddleware:
 
         span = ctx_token = None
         trace_id: str | None = None
-        if self._tracer is not None:
-            parent = None
+        spans = self._spans
+        if spans is not None:
+            parent = None  # the current context's span: none in a plain server
             if traceparent is not None:
-                carrier = {"traceparent": traceparent.decode("latin-1")}
-                if tracestate is not None:
-                    carrier["tracestate"] = tracestate.decode("latin-1")
-                parent = tracing.extract(carrier)
-            span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER,
-                                           attributes=_request_attributes(scope, method))
+                parent = tracing.remote_parent(
+                    traceparent.decode("latin-1"),
+                    tracestate.decode("latin-1") if tracestate is not None else None)
+            span = spans.start(method, SpanKind.SERVER, _request_attributes(scope, method),
+                               parent)
+            # Current for the app: a run the request starts is a child of this span.
             ctx_token = tracing.attach(span)
             span_context = span.get_span_context()
             if span_context.is_valid:
@@ -147,16 +148,18 @@ class ObservabilityMiddleware:
                     "status": status, "duration_ms": round(duration * 1000, 2),
                     "bytes": sent, "client": client[0] if client else None})
             if span is not None:
-                span.update_name(f"{method} {route}" if route != UNMATCHED else method)
-                if route != UNMATCHED:
-                    span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", status)
-                if error is not None:
-                    span.set_attribute("error.type", type(error).__qualname__)
-                    span.set_status(Status(StatusCode.ERROR))
-                elif status >= 500:
-                    span.set_attribute("error.type", str(status))
-                    span.set_status(Status(StatusCode.ERROR))
+                if span.is_recording():
+                    attributes: dict[str, Any] = {"http.response.status_code": status}
+                    if route != UNMATCHED:
+                        span.update_name(f"{method} {route}")
+                        attributes["http.route"] = route
+                    if error is not None:
+                        attributes["error.type"] = type(error).__qualname__
+                        span.set_status(Status(StatusCode.ERROR))
+                    elif status >= 500:
+                        attributes["error.type"] = str(status)
+                        span.set_status(Status(StatusCode.ERROR))
+                    span.set_attributes(attributes)
                 span.end()
                 tracing.detach(ctx_token)
             logs.unbind(log_token)

@@ -89,7 +89,7 @@ class ObservabilityHooks(EngineHooks):
         run_log: bool = True,
     ) -> None:
         self._m = metrics
-        self._tracer = tracer
+        self._spans = tracing.span_starter(tracer)
         self._prices = prices
         self._run_log = run_log
         self._runs: dict[str, _Run] = {}
@@ -121,23 +121,24 @@ class ObservabilityHooks(EngineHooks):
             state.log_token = logs.bind(
                 tenant=run.tenant, agent=run.agent, session_id=run.session_id, run_id=run.id
             )
-            if self._tracer is not None:
+            spans = self._spans
+            if spans is not None:
                 provider, name = self._split(model)
-                state.span = self._tracer.start_span(
-                    f"invoke_agent {run.agent}",
-                    kind=SpanKind.INTERNAL,
-                    attributes={
-                        "gen_ai.operation.name": "invoke_agent",
-                        "gen_ai.agent.name": run.agent,
-                        "gen_ai.conversation.id": run.session_id,
-                        "gen_ai.provider.name": provider,
-                        "gen_ai.request.model": name,
-                        "roost.run_id": run.id,
-                        "roost.tenant": run.tenant,
-                    },
-                )
+                attributes: dict[str, Any] = {
+                    "gen_ai.operation.name": "invoke_agent",
+                    "gen_ai.agent.name": run.agent,
+                    "gen_ai.conversation.id": run.session_id,
+                    "gen_ai.provider.name": provider,
+                    "gen_ai.request.model": name,
+                    "roost.run_id": run.id,
+                    "roost.tenant": run.tenant,
+                }
                 if run.attempt > 1:
-                    state.span.set_attribute("roost.run.attempt", run.attempt)
+                    attributes["roost.run.attempt"] = run.attempt
+                # The current span (the request's) is the parent. Attached so that what the
+                # run does in this task — store calls, instrumented libraries — nests under it.
+                state.span = spans.start(f"invoke_agent {run.agent}", SpanKind.INTERNAL,
+                                         attributes)
                 state.ctx_token = tracing.attach(state.span)
         except Exception:
             self._hook_failed("run_start")
@@ -160,7 +161,7 @@ class ObservabilityHooks(EngineHooks):
             if self._run_log:
                 self._log_run(run, duration)
             span = token.span
-            if span is not None:
+            if span is not None and span.is_recording():
                 usage = run.usage
                 # One `set_attributes`: each call takes the span's lock.
                 attributes: dict[str, Any] = {
@@ -201,7 +202,8 @@ class ObservabilityHooks(EngineHooks):
             self._hook_failed("model_start")
             return None
         try:
-            if self._tracer is not None:
+            spans = self._spans
+            if spans is not None:
                 attributes: dict[str, Any] = {
                     "gen_ai.operation.name": "chat",
                     "gen_ai.provider.name": provider,
@@ -212,10 +214,8 @@ class ObservabilityHooks(EngineHooks):
                     value = settings.get(key)
                     if isinstance(value, int | float):
                         attributes[f"gen_ai.request.{key}"] = value
-                call.span = self._tracer.start_span(
-                    f"chat {name}", context=_parent_context(parent), kind=SpanKind.CLIENT,
-                    attributes=attributes,
-                )
+                call.span = spans.start(f"chat {name}", SpanKind.CLIENT, attributes,
+                                        _parent_span(parent))
                 if parent is not None:
                     parent.open.add(call)
                 # Providers send it upstream: the model server's spans join this trace.
@@ -269,7 +269,7 @@ class ObservabilityHooks(EngineHooks):
                 if response is not None:
                     self._count_usage(m, answered, response)
             span = token.span
-            if span is not None:
+            if span is not None and span.is_recording():
                 attributes: dict[str, Any] = {}
                 if response is not None:
                     usage = response.usage
@@ -277,7 +277,7 @@ class ObservabilityHooks(EngineHooks):
                     attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
                     attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
                     if response.finish_reason:
-                        attributes["gen_ai.response.finish_reasons"] = [response.finish_reason]
+                        attributes["gen_ai.response.finish_reasons"] = (response.finish_reason,)
                     if usage.cost:
                         attributes["roost.usage.cost"] = usage.cost
                 if error is not None:
@@ -324,17 +324,14 @@ class ObservabilityHooks(EngineHooks):
             return None
         try:
             call.log_token = logs.bind(tool=tool, tool_call_id=call_id)
-            if self._tracer is not None:
-                call.span = self._tracer.start_span(
-                    f"execute_tool {tool}", context=_parent_context(parent),
-                    kind=SpanKind.INTERNAL,
-                    attributes={
-                        "gen_ai.operation.name": "execute_tool",
-                        "gen_ai.tool.name": tool,
-                        "gen_ai.tool.call.id": call_id,
-                        "gen_ai.tool.type": "function",
-                    },
-                )
+            spans = self._spans
+            if spans is not None:
+                call.span = spans.start(f"execute_tool {tool}", SpanKind.INTERNAL, {
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": tool,
+                    "gen_ai.tool.call.id": call_id,
+                    "gen_ai.tool.type": "function",
+                }, _parent_span(parent))
                 if parent is not None:
                     parent.open.add(call)
                 call.ctx_token = tracing.attach(call.span)
@@ -354,10 +351,11 @@ class ObservabilityHooks(EngineHooks):
                 m.child(m.tool_calls, token.labels[0], outcome).inc()
                 m.child(m.tool_duration, token.labels[0]).observe(duration)
             span = token.span
-            if span is not None:
-                span.set_attribute("roost.tool.outcome", outcome)
-                if outcome != "ok":
-                    span.set_attribute("error.type", outcome)
+            if span is not None and span.is_recording():
+                if outcome == "ok":
+                    span.set_attribute("roost.tool.outcome", outcome)
+                else:
+                    span.set_attributes({"roost.tool.outcome": outcome, "error.type": outcome})
                     if outcome != "cancelled":
                         span.set_status(Status(StatusCode.ERROR, _short(error)))
             if outcome not in ("ok", "cancelled") and log.isEnabledFor(logging.INFO):
@@ -426,10 +424,9 @@ def _close(call: _Call) -> None:
             call.parent.open.discard(call)
 
 
-def _parent_context(parent: _Run | None) -> Any:
-    if parent is None or parent.span is None:
-        return None  # the current context
-    return trace.set_span_in_context(parent.span)
+def _parent_span(parent: _Run | None) -> trace.Span | None:
+    """The run's span, parent of its calls whichever task they run in (None: the current)."""
+    return parent.span if parent is not None else None
 
 
 def _model_outcome(error: BaseException | None) -> tuple[str, str | None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -24,6 +24,7 @@ from roost.observability import tracing
 from roost.observability.metrics import Metrics
 from roost.sessions.records import Event, Page, RunRecord, Session
 from roost.sessions.store import Store
+from roost.sessions.usage import UsageTotals
 
 T = TypeVar("T")
 
@@ -37,7 +38,7 @@ class InstrumentedStore:
         self.inner = inner
         self.backend = inner.backend
         self._m = metrics
-        self._tracer = tracer
+        self._spans = tracing.span_starter(tracer)
         self._db_system = _DB_SYSTEM.get(self.backend, self.backend)
 
     def __getattr__(self, name: str) -> Any:
@@ -47,11 +48,11 @@ class InstrumentedStore:
 
     async def _call(self, operation: str, awaitable: Awaitable[T]) -> T:
         span = ctx_token = None
-        if self._tracer is not None:
-            span = self._tracer.start_span(
-                f"{operation} {self.backend}", kind=SpanKind.CLIENT,
-                attributes={"db.system.name": self._db_system, "db.operation.name": operation},
-            )
+        spans = self._spans
+        if spans is not None:
+            span = spans.start(f"{operation} {self.backend}", SpanKind.CLIENT,
+                               {"db.system.name": self._db_system,
+                                "db.operation.name": operation})
             # Current for the driver's own instrumentation; one coroutine, so properly nested.
             ctx_token = tracing.attach(span)
         start = time.perf_counter()
@@ -76,7 +77,7 @@ class InstrumentedStore:
                     m.child(m.store_errors, self.backend, operation,
                             m.guard("store_error")(kind)).inc()
             if span is not None:
-                if kind is not None:
+                if kind is not None and span.is_recording():
                     span.set_attribute("error.type", kind)
                     if kind != "cancelled":
                         span.set_status(Status(StatusCode.ERROR))
@@ -165,3 +166,14 @@ class InstrumentedStore:
 
     async def expire_sessions(self, now: float) -> int:
         return await self._call("expire_sessions", self.inner.expire_sessions(now))
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        return await self._call("usage_summary", self.inner.usage_summary(
+            tenant, group_by=group_by, since=since, until=until))

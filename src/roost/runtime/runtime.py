@@ -360,8 +360,8 @@ class Runtime:
         timeout = min(timeout_s, limits.run_timeout_s) if timeout_s else limits.run_timeout_s
         loop = asyncio.get_running_loop()
         run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
-                        agent=hosted.agent.name, status="queued", input=text,
-                        deadline=now() + timeout)
+                        agent=hosted.agent.name, model=hosted.model.name, status="queued",
+                        input=text, deadline=now() + timeout)
         handle = RunHandle(run=run, channel=RunChannel(self.settings.runtime.run_channel_buffer),
                            stream=stream, done=loop.create_future())
         try:

@@ -13,7 +13,7 @@ from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.limits import BodySizeLimit
-from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions
+from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions, usage
 
 
 def create_app(runtime: Runtime, observability: Observability | None = None) -> FastAPI:
@@ -40,7 +40,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     app.state.runtime = runtime
     app.state.tenant_header = settings.server.tenant_header
     problems.install(app)
-    for module in (health, agents, sessions, runs, artifacts, admin):
+    for module in (health, agents, sessions, runs, artifacts, admin, usage):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     if observability is not None:

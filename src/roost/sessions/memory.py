@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ from roost.errors import (
 )
 from roost.sessions import codec
 from roost.sessions.records import Event, Page, RunRecord, Session, now
+from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
 
 @dataclass(slots=True)
@@ -201,18 +204,47 @@ class MemoryStore:
         *,
         session_id: str | None = None,
         status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        _check_limit(limit, minimum=1)
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        since, until = check_window(since, until)
         await self._enter()
-        if session_id is not None:
-            entry = self._entries.get((tenant, session_id))
-            candidates = [self._runs[(tenant, rid)] for rid in entry.run_ids] if entry else []
-        else:
-            candidates = [r for (t, _), r in self._runs.items() if t == tenant]
-        chosen = [r for r in candidates if status is None or r.status == status]
+        chosen = [
+            r
+            for r in self._tenant_runs(tenant, session_id)
+            if (status is None or r.status == status)
+            and (agent is None or r.agent == agent)
+            and _in_window(r.created_at, since, until)
+        ]
         chosen.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [_copy_run(r, r.tenant, r.session_id) for r in chosen[:limit]]
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        summer = UsageSummer(group_by)
+        since, until = check_window(since, until)
+        await self._enter()
+        for r in self._tenant_runs(tenant, None):
+            if _in_window(r.created_at, since, until):
+                summer.add(agent=r.agent, model=r.model, status=r.status,
+                           created_at=r.created_at, usage=r.usage)
+        return summer.totals()
+
+    def _tenant_runs(self, tenant: str, session_id: str | None) -> list[RunRecord]:
+        # A scan of the tenant's runs: fine for tests and small dev servers.
+        if session_id is not None:
+            entry = self._entries.get((tenant, session_id))
+            return [self._runs[(tenant, rid)] for rid in entry.run_ids] if entry else []
+        return [r for (t, _), r in self._runs.items() if t == tenant]
 
     # -- leases -----------------------------------------------------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
@@ -282,9 +314,15 @@ def _seq(event: Event) -> int:
     return event.seq
 
 
-def _check_limit(limit: int, *, minimum: int) -> None:
+def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
+    if maximum is not None and limit > maximum:
+        raise InvalidInput(f"limit must be at most {maximum}", field="limit")
+
+
+def _in_window(created_at: float, since: float | None, until: float | None) -> bool:
+    return (since is None or created_at >= since) and (until is None or created_at < until)
 
 
 def _copy_delta(delta: dict[str, Any]) -> dict[str, Any]:

@@ -3,10 +3,11 @@
     >>> store = PostgresStore("postgresql://roost@db:5432/roost", schema="roost")
     >>> await store.open()      # creates the pool and applies pending migrations
 
-Layout (see `migrations/0001_initial.sql`): `sessions`, `events`, `runs` and `leases` tables in
-one schema, every statement fully qualified with it (no reliance on `search_path`, which a
-connection pooler may not preserve). JSON columns are `jsonb`, encoded and decoded by
-msgspec in asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
+Layout (see `migrations/`): `sessions`, `events`, `runs` and `leases` tables in one schema,
+every statement fully qualified with it (no reliance on `search_path`, which a connection
+pooler may not preserve). JSON columns are `jsonb`, encoded and decoded by msgspec in
+asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
+`usage_summary` is one grouped query over the covering index `runs_by_tenant_usage` (0002).
 
 Concurrency: `append` is one statement (update-with-version-check, insert events from unnested
 arrays, upsert the run, in CTEs), so a step costs one round trip and is atomic by construction.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -54,6 +55,14 @@ from roost.sessions.migrate import (
     url_errors,
 )
 from roost.sessions.records import Event, Page, RunRecord, Session, Usage
+from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.usage import (
+    MAX_USAGE_GROUPS,
+    UsageTotals,
+    check_group_by,
+    check_window,
+    totals_from_rows,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -102,7 +111,7 @@ _SESSION_COLUMNS = (
 _EVENT_COLUMNS = "seq, type, run_id, data, ts"
 _RUN_COLUMNS = (
     "id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at"
+    " created_at, updated_at, model"
 )
 
 
@@ -141,6 +150,7 @@ def _run(tenant: str, row: asyncpg.Record) -> RunRecord:
         error=row[9],
         created_at=row[10],
         updated_at=row[11],
+        model=row[12],
     )
 
 
@@ -165,6 +175,7 @@ def _run_params(run: RunRecord) -> tuple[Any, ...]:
         None if run.error is None else _json(run.error),
         run.created_at,
         run.updated_at,
+        run.model,
     )
 
 
@@ -219,7 +230,7 @@ class _Queries:
         self.append = append + outcome
         self.append_with_run = (
             f"{append}, r AS (INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 FROM s"
+            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM s"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})" + outcome
         )
         self.read_events = (
@@ -234,7 +245,7 @@ class _Queries:
         # delete_session until we commit (or makes us see its delete), so neither is orphaned.
         self.put_run = (
             f"INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
+            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
             f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
             "  WHERE tenant = $1 AND id = $3 FOR KEY SHARE)"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()} RETURNING 1"
@@ -275,7 +286,8 @@ class _Queries:
         )
         self.drop_schema = f"DROP SCHEMA IF EXISTS {s} CASCADE"
         self._listings: dict[tuple[bool, bool, bool], str] = {}
-        self._run_listings: dict[tuple[bool, bool], str] = {}
+        self._run_listings: dict[tuple[bool, ...], str] = {}
+        self._summaries: dict[tuple[tuple[str, ...], bool, bool], str] = {}
 
     def list_sessions(self, by_agent: bool, by_user: bool, after: bool) -> str:
         key = (by_agent, by_user, after)
@@ -300,23 +312,68 @@ class _Queries:
             self._listings[key] = query
         return query
 
-    def list_runs(self, by_session: bool, by_status: bool) -> str:
-        key = (by_session, by_status)
+    def list_runs(
+        self, by_session: bool, by_status: bool, by_agent: bool, since: bool, until: bool
+    ) -> str:
+        """Arguments in order: tenant, session_id, status, agent, since, until (those in
+        use), limit."""
+        key = (by_session, by_status, by_agent, since, until)
         query = self._run_listings.get(key)
         if query is None:
             where, n = ["tenant = $1"], 1
-            if by_session:
-                n += 1
-                where.append(f"session_id = ${n}")
-            if by_status:
-                n += 1
-                where.append(f"status = ${n}")
+            for used, condition in (
+                (by_session, "session_id = $"),
+                (by_status, "status = $"),
+                (by_agent, "agent = $"),
+                (since, "created_at >= $"),
+                (until, "created_at < $"),
+            ):
+                if used:
+                    n += 1
+                    where.append(f"{condition}{n}")
             query = (
                 f"SELECT {_RUN_COLUMNS} FROM {self.schema}.runs WHERE {' AND '.join(where)}"
                 f" ORDER BY created_at DESC, id DESC LIMIT ${n + 1}"
             )
             self._run_listings[key] = query
         return query
+
+    def usage_summary(self, group_by: tuple[str, ...], since: bool, until: bool) -> str:
+        """Arguments in order: tenant, since, until (those in use), row limit."""
+        key = (group_by, since, until)
+        query = self._summaries.get(key)
+        if query is None:
+            where, n = ["tenant = $1"], 1
+            if since:
+                n += 1
+                where.append(f"created_at >= ${n}")
+            if until:
+                n += 1
+                where.append(f"created_at < ${n}")
+            groups = [_USAGE_GROUPS[k] for k in group_by]
+            query = (
+                f"SELECT {''.join(g + ', ' for g in groups)}count(*),"
+                " coalesce(sum((usage->>'input_tokens')::bigint), 0)::bigint,"
+                " coalesce(sum((usage->>'output_tokens')::bigint), 0)::bigint,"
+                " coalesce(sum((usage->>'cost')::float8), 0)"
+                f" FROM {self.schema}.runs WHERE {' AND '.join(where)}"
+                + (f" GROUP BY {', '.join(groups)}" if groups else "")
+                + f" LIMIT ${n + 1}"
+            )
+            self._summaries[key] = query
+        return query
+
+
+# Group expressions of usage_summary. The time buckets are whole seconds divided in integer
+# arithmetic (labelled in Python), so a bucket edge never depends on float rounding and
+# matches the other backends exactly.
+_USAGE_GROUPS = {
+    "agent": "agent",
+    "model": "model",
+    "status": "status",
+    "day": "floor(created_at)::bigint / 86400",
+    "hour": "floor(created_at)::bigint / 3600",
+}
 
 
 def _run_updates() -> str:
@@ -646,19 +703,36 @@ class PostgresStore:
         *,
         session_id: str | None = None,
         status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        _check_limit(limit, minimum=1)
-        args: list[Any] = [tenant]
-        if session_id is not None:
-            args.append(session_id)
-        if status is not None:
-            args.append(status)
-        args.append(limit)
-        query = self._sql.list_runs(session_id is not None, status is not None)
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        since, until = check_window(since, until)
+        filters = (session_id, status, agent, since, until)
+        args: list[Any] = [tenant, *(f for f in filters if f is not None), limit]
+        query = self._sql.list_runs(*(f is not None for f in filters))
         async with self._connection("list_runs") as conn:
             rows = await conn.fetch(query, *args)
         return [_run(tenant, row) for row in rows]
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        keys = check_group_by(group_by)
+        since, until = check_window(since, until)
+        args: list[Any] = [tenant, *(b for b in (since, until) if b is not None)]
+        args.append(MAX_USAGE_GROUPS + 1)  # one row past the cap tells there were too many
+        query = self._sql.usage_summary(keys, since is not None, until is not None)
+        async with self._connection("usage_summary") as conn:
+            rows = await conn.fetch(query, *args)
+        return totals_from_rows(keys, rows)
 
     # -- leases -----------------------------------------------------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
@@ -691,6 +765,8 @@ class PostgresStore:
                 return total
 
 
-def _check_limit(limit: int, *, minimum: int) -> None:
+def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
+    if maximum is not None and limit > maximum:
+        raise InvalidInput(f"limit must be at most {maximum}", field="limit")

@@ -11,7 +11,9 @@ can never forge another tenant's keys: the first `:` after `P` always ends the t
                                   x expires_at · xm expires_at in ms · xk its `P exp` member
     P T:e:{session}        zset   the event log: score = seq, member = b"{seq}:" + event JSON
     P T:sr:{session}       zset   run ids of the session, score = created_at
-    P T:r:{run}            hash   j run JSON · st status · sid session id
+    P T:r:{run}            hash   j run JSON · st status · sid session id · a agent ·
+                                  m model · us usage JSON (a, m, us: written since usage
+                                  summaries; usage_summary falls back to j without them)
     P T:runs               zset   run ids of the tenant, score = created_at
     P T:rs:{status}        zset   run ids by status, score = created_at
     P T:idx:all            zset   session ids, score = created_at (list_sessions)
@@ -72,6 +74,8 @@ from roost.errors import (
 )
 from roost.sessions import codec
 from roost.sessions.records import Event, Page, RunRecord, Session
+from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
 __all__ = ["RedisStore"]
 
@@ -117,7 +121,8 @@ local function refresh_ttl(xm, ttl_ms, keys)
   end
 end
 
-local function upsert_run(base, run_key, run_id, session_id, status, score, json)
+local function upsert_run(base, run_key, run_id, session_id, status, score, json,
+                          agent, model, usage)
   local old = redis.call('HMGET', run_key, 'st', 'sid')
   if old[1] and old[1] ~= status then
     redis.call('ZREM', base .. 'rs:' .. old[1], run_id)
@@ -125,7 +130,10 @@ local function upsert_run(base, run_key, run_id, session_id, status, score, json
   if old[2] and old[2] ~= session_id then
     redis.call('ZREM', base .. 'sr:' .. old[2], run_id)
   end
-  redis.call('HSET', run_key, 'j', json, 'st', status, 'sid', session_id)
+  -- agent, model and usage beside the JSON: usage_summary reads these few bytes per run
+  -- instead of the whole record (input and output included).
+  redis.call('HSET', run_key, 'j', json, 'st', status, 'sid', session_id,
+    'a', agent, 'm', model, 'us', usage)
   redis.call('ZADD', base .. 'sr:' .. session_id, score, run_id)
   redis.call('ZADD', base .. 'runs', score, run_id)
   redis.call('ZADD', base .. 'rs:' .. status, score, run_id)
@@ -153,7 +161,7 @@ return 1
 
 # KEYS: s, e, sr
 # ARGV: expected version, updated_at, default ttl ms | '', base, session id, run id | '',
-#       run status, run score, run json, event JSON…
+#       run status, run score, run json, run agent, run model, run usage JSON, event JSON…
 # Returns {-1} no session, {-2, version} conflict, {new version, previous last_seq}.
 _APPEND = (
     _LUA_HELPERS
@@ -163,13 +171,13 @@ if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 if v ~= tonumber(ARGV[1]) then return {-2, v} end
 local q = tonumber(cur[2])
-local n = #ARGV - 9
+local n = #ARGV - 12
 if n > 0 then
   local pairs = {}
   for i = 1, n do
     local seq = string.format('%d', q + i)
     pairs[2 * i - 1] = seq
-    pairs[2 * i] = seq .. ':' .. ARGV[9 + i]
+    pairs[2 * i] = seq .. ':' .. ARGV[12 + i]
   end
   zadd_many(KEYS[2], pairs)
 end
@@ -178,7 +186,8 @@ redis.call('HSET', KEYS[1], 'v', string.format('%d', v + 1),
 local touched = {KEYS[1], KEYS[2], KEYS[3]}
 if ARGV[6] ~= '' then
   local run_key = ARGV[4] .. 'r:' .. ARGV[6]
-  upsert_run(ARGV[4], run_key, ARGV[6], ARGV[5], ARGV[7], ARGV[8], ARGV[9])
+  upsert_run(ARGV[4], run_key, ARGV[6], ARGV[5], ARGV[7], ARGV[8], ARGV[9],
+    ARGV[10], ARGV[11], ARGV[12])
   touched[4] = run_key
 end
 refresh_ttl(cur[3], ARGV[3], touched)
@@ -202,13 +211,15 @@ return {v + 1}
 )
 
 # KEYS: s, sr, run key
-# ARGV: base, run id, session id, status, score, json, default ttl ms | ''
+# ARGV: base, run id, session id, status, score, json, default ttl ms | '', agent, model,
+#       usage JSON
 _PUT_RUN = (
     _LUA_HELPERS
     + """
 local xm = redis.call('HGET', KEYS[1], 'xm')
 if not xm and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-upsert_run(ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+upsert_run(ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
+  ARGV[8], ARGV[9], ARGV[10])
 refresh_ttl(xm, ARGV[7], {KEYS[1], KEYS[2], KEYS[3]})
 return 1
 """
@@ -268,6 +279,19 @@ return 0
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Read-only. ARGV: base, run id… Returns a, m, st, us of each run, flat (nil when missing).
+# One call per page instead of a pipelined HMGET per run: redis-py spends ~15 us of client
+# CPU packing and parsing each command, most of a summary's cost.
+_USAGE_FIELDS = """
+local out = {}
+for i = 2, #ARGV do
+  local f = redis.call('HMGET', ARGV[1] .. 'r:' .. ARGV[i], 'a', 'm', 'st', 'us')
+  -- HMGET gives false for a missing field: a value, so the array keeps its length.
+  for j = 1, 4 do out[#out + 1] = f[j] end
+end
+return out
 """
 
 
@@ -419,6 +443,7 @@ class RedisStore:
             self._delete = client.register_script(_DELETE)
             self._acquire = client.register_script(_ACQUIRE_LEASE)
             self._release = client.register_script(_RELEASE_LEASE)
+            self._usage_fields = client.register_script(_USAGE_FIELDS)
             try:
                 with _redis_errors("open"):
                     await client.ping()
@@ -426,7 +451,7 @@ class RedisStore:
                     # restart flushes the script cache, redis-py reloads on NOSCRIPT.
                     for script in (
                         self._create, self._append, self._patch, self._put_run,
-                        self._delete, self._acquire, self._release,
+                        self._delete, self._acquire, self._release, self._usage_fields,
                     ):  # fmt: skip
                         await client.script_load(script.script)
             except BaseException:
@@ -676,7 +701,7 @@ class RedisStore:
     ) -> int:
         client = self._redis()
         k = _Keys(self._prefix, tenant)
-        run_args: list[Any] = ["", "", "", ""]
+        run_args: list[Any] = ["", "", "", "", "", "", ""]
         if run is not None:
             if run.tenant != tenant or run.session_id != session_id:
                 raise InvalidInput(
@@ -684,7 +709,7 @@ class RedisStore:
                     f"not session {session_id} of tenant {tenant}",
                     field="run",
                 )
-            run_args = [run.id, run.status, repr(run.created_at), codec.encode(run)]
+            run_args = [run.id, run.status, repr(run.created_at), *_run_fields(run)]
         args = [
             expected_version,
             repr(time.time()),
@@ -750,14 +775,18 @@ class RedisStore:
         client = self._redis()
         k = _Keys(self._prefix, run.tenant)
         keys = [k.session(run.session_id), k.session_runs(run.session_id), k.run(run.id)]
+        json, agent, model, usage = _run_fields(run)
         args: list[Any] = [
             k.base,
             run.id,
             run.session_id,
             run.status,
             repr(run.created_at),
-            codec.encode(run),
+            json,
             self._ttl_ms,
+            agent,
+            model,
+            usage,
         ]
         with _redis_errors("put_run"):
             done = await self._put_run(keys, args, client=client)
@@ -780,38 +809,141 @@ class RedisStore:
         *,
         session_id: str | None = None,
         status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        _check_limit(limit, minimum=1)
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        since, until = check_window(since, until)
         client = self._redis()
         k = _Keys(self._prefix, tenant)
+        # Every run index is scored by created_at: the window is a score range of the index
+        # used; the other filters are checked per run.
         index = k.session_runs(session_id) if session_id is not None else k.runs(status)
         found: list[RunRecord] = []
         dangling: list[bytes] = []
-        offset = 0
+        size = max(limit, self.scan_batch_size)
         with _redis_errors("list_runs"):
-            while len(found) < limit:
-                size = max(limit, self.scan_batch_size)
-                ids: list[bytes] = cast(
-                    list[bytes], await client.zrange(index, offset, offset + size - 1, desc=True)
-                )
-                offset += len(ids)
-                if ids:
+            pages = self._window(client, index, since, until, size, newest_first=True)
+            async with aclosing(pages):
+                async for entries in pages:
                     pipe = client.pipeline(transaction=False)
-                    for raw_id in ids:
+                    for raw_id, _ in entries:
                         pipe.hget(k.run(raw_id.decode()), "j")
-                    for raw_id, raw in zip(ids, await pipe.execute(), strict=True):
+                    for (raw_id, _), raw in zip(entries, await pipe.execute(), strict=True):
                         if raw is None:
                             dangling.append(raw_id)  # expired natively with its session
                             continue
                         run = codec.decode_run(raw)
-                        if status is None or run.status == status:
+                        if (status is None or run.status == status) and (
+                            agent is None or run.agent == agent
+                        ):
                             found.append(run)
-                if len(ids) < size:
-                    break
+                            if len(found) == limit:
+                                break
+                    if len(found) == limit:
+                        break
             if dangling:
                 await client.zrem(index, *dangling)
-        return found[:limit]
+        return found
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        summer = UsageSummer(group_by)
+        since, until = check_window(since, until)
+        client = self._redis()
+        k = _Keys(self._prefix, tenant)
+        index = k.runs()
+        dangling: list[bytes] = []
+        with _redis_errors("usage_summary"):
+            pages = self._window(
+                client, index, since, until, self.scan_batch_size, newest_first=False
+            )
+            async with aclosing(pages):
+                async for entries in pages:
+                    flat = await self._usage_fields(
+                        args=[k.base, *(raw_id for raw_id, _ in entries)], client=client
+                    )
+                    fields = [flat[i : i + 4] for i in range(0, len(flat), 4)]
+                    legacy: list[bytes] = []
+                    for (raw_id, score), (a, m, st, us) in zip(entries, fields, strict=True):
+                        if st is None:
+                            dangling.append(raw_id)  # expired natively with its session
+                        elif us is None:
+                            legacy.append(raw_id)  # written before a/m/us existed
+                        else:
+                            summer.add(agent=a.decode(), model=m.decode(), status=st.decode(),
+                                       created_at=score, usage=codec.decode_usage(us))
+                    if legacy:
+                        pipe = client.pipeline(transaction=False)
+                        for raw_id in legacy:
+                            pipe.hget(k.run(raw_id.decode()), "j")
+                        for raw_id, raw in zip(legacy, await pipe.execute(), strict=True):
+                            if raw is None:
+                                dangling.append(raw_id)
+                                continue
+                            run = codec.decode_run(raw)
+                            summer.add(agent=run.agent, model=run.model, status=run.status,
+                                       created_at=run.created_at, usage=run.usage)
+            if dangling:
+                await client.zrem(index, *dangling)
+        return summer.totals()
+
+    async def _window(
+        self,
+        client: aioredis.Redis,
+        index: str,
+        since: float | None,
+        until: float | None,
+        size: int,
+        *,
+        newest_first: bool,
+    ) -> AsyncGenerator[list[tuple[bytes, float]], None]:
+        """Yield slices of (id, created_at) from a run index, each entry once, over
+        [since, until), newest or oldest first.
+
+        Pages resume from the last (score, id) seen, not from an offset: a run written or
+        deleted meanwhile cannot shift an entry into a page twice (a summary would count
+        it twice) or out of every page.
+        """
+        low = "-inf" if since is None else repr(since)
+        high = "+inf" if until is None else f"({until!r}"
+        last: tuple[float, bytes] | None = None
+        while True:
+            start, end = (high, low) if newest_first else (low, high)
+            page = cast(
+                list[tuple[bytes, float]],
+                await client.zrange(index, start, end, desc=newest_first, byscore=True,
+                                    offset=0, num=size, withscores=True),
+            )
+            fresh = page
+            if last is not None:
+                # The page starts at the last score seen, inclusive: drop the ties already
+                # yielded (Redis orders ties by id bytes, as `bytes` compare).
+                score, seen = last
+                if newest_first:
+                    fresh = [e for e in page if e[1] < score or e[0] < seen]
+                else:
+                    fresh = [e for e in page if e[1] > score or e[0] > seen]
+            if fresh:
+                yield fresh
+            if len(page) < size:
+                return
+            if not fresh:
+                size *= 2  # a full page of ties already seen: look further at that score
+                continue
+            last = (fresh[-1][1], fresh[-1][0])
+            if newest_first:
+                high = repr(last[0])
+            else:
+                low = repr(last[0])
 
     # -- leases -----------------------------------------------------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
@@ -874,6 +1006,14 @@ class RedisStore:
                     return total
 
 
-def _check_limit(limit: int, *, minimum: int) -> None:
+def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
+    if maximum is not None and limit > maximum:
+        raise InvalidInput(f"limit must be at most {maximum}", field="limit")
+
+
+def _run_fields(run: RunRecord) -> tuple[bytes, str, str, bytes]:
+    """A run's fields in its hash: the whole record as JSON, and beside it agent, model and
+    usage (JSON) for usage summaries."""
+    return codec.encode(run), run.agent, run.model, codec.encode(run.usage)

@@ -60,6 +60,14 @@ from roost.errors import (
 )
 from roost.sessions import codec
 from roost.sessions.records import Event, Page, RunRecord, Session, now
+from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.usage import (
+    MAX_USAGE_GROUPS,
+    UsageTotals,
+    check_group_by,
+    check_window,
+    totals_from_rows,
+)
 
 T = TypeVar("T")
 
@@ -117,6 +125,11 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             FOREIGN KEY (tenant, session_id) REFERENCES sessions (tenant, id) ON DELETE CASCADE
         ) WITHOUT ROWID""",
     ),
+    # 2: the model that served a run, for usage by model. Adding a column with a constant
+    # default only rewrites the schema, not the rows: instant on any size of database, and
+    # runs written before it read back with model "". Usage by (tenant, created_at) ranges
+    # uses runs_by_tenant from migration 1.
+    ("ALTER TABLE runs ADD COLUMN model TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -126,7 +139,7 @@ _SESSION_COLUMNS: Final = (
 )
 _RUN_COLUMNS: Final = (
     "tenant, id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at"
+    " created_at, updated_at, model"
 )
 _EVENT_COLUMNS: Final = "seq, run_id, type, data, ts"
 
@@ -350,11 +363,31 @@ class SQLiteStore:
         *,
         session_id: str | None = None,
         status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        _check_limit(limit, minimum=1)
-        sql, params = _list_runs_query(tenant, session_id, status, limit)
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        since, until = check_window(since, until)
+        sql, params = _list_runs_query(
+            tenant, session_id, status, limit, agent=agent, since=since, until=until
+        )
         return await self._read(_select_runs, sql, params)
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        keys = check_group_by(group_by)
+        since, until = check_window(since, until)
+        sql, params = _usage_query(tenant, keys, since, until)
+        rows = await self._read(_select_rows, sql, params)
+        return totals_from_rows(keys, rows)
 
     # -- leases -----------------------------------------------------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
@@ -897,12 +930,12 @@ _INSERT_EVENT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_RUN: Final = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, id) DO UPDATE SET session_id = excluded.session_id,"
     " agent = excluded.agent, status = excluded.status, input = excluded.input,"
     " output = excluded.output, deadline = excluded.deadline, attempt = excluded.attempt,"
     " usage = excluded.usage, error = excluded.error, created_at = excluded.created_at,"
-    " updated_at = excluded.updated_at"
+    " updated_at = excluded.updated_at, model = excluded.model"
 )
 
 
@@ -922,6 +955,10 @@ def _get_run(conn: sqlite3.Connection, tenant: str, run_id: str) -> RunRecord:
 
 def _select_runs(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[RunRecord]:
     return [_run_from_row(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def _select_rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
 
 
 def _acquire_lease(
@@ -986,21 +1023,72 @@ def _list_sessions_query(
 
 
 def _list_runs_query(
-    tenant: str, session_id: str | None, status: str | None, limit: int
+    tenant: str,
+    session_id: str | None,
+    status: str | None,
+    limit: int,
+    *,
+    agent: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
 ) -> tuple[str, list[Any]]:
-    where: list[str] = ["tenant = ?"]
-    params: list[Any] = [tenant]
-    if session_id is not None:
-        where.append("session_id = ?")
-        params.append(session_id)
-    if status is not None:
-        where.append("status = ?")
-        params.append(status)
+    # session_id and status pick their (…, created_at DESC, id DESC) index, the tenant index
+    # serves the rest; the created_at bounds are a range on whichever is used, agent a filter.
+    where, params = _run_window(tenant, since, until)
+    for column, value in (("session_id", session_id), ("status", status), ("agent", agent)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
     sql = (
         f"SELECT {_RUN_COLUMNS} FROM runs WHERE {' AND '.join(where)}"
         " ORDER BY created_at DESC, id DESC LIMIT ?"
     )
     params.append(limit)
+    return sql, params
+
+
+def _run_window(
+    tenant: str, since: float | None, until: float | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        params.append(until)
+    return where, params
+
+
+# Group expressions of usage_summary. The time buckets are whole seconds divided in integer
+# arithmetic (labelled in Python), so a bucket edge never depends on float rounding.
+_USAGE_GROUPS: Final = {
+    "agent": "agent",
+    "model": "model",
+    "status": "status",
+    "day": "CAST(created_at AS INTEGER) / 86400",
+    "hour": "CAST(created_at AS INTEGER) / 3600",
+}
+
+
+def _usage_query(
+    tenant: str, keys: tuple[str, ...], since: float | None, until: float | None
+) -> tuple[str, list[Any]]:
+    where, params = _run_window(tenant, since, until)
+    groups = [_USAGE_GROUPS[k] for k in keys]
+    sql = (
+        f"SELECT {''.join(g + ', ' for g in groups)}count(*),"
+        " coalesce(sum(json_extract(usage, '$.input_tokens')), 0),"
+        " coalesce(sum(json_extract(usage, '$.output_tokens')), 0),"
+        " total(json_extract(usage, '$.cost'))"
+        f" FROM runs WHERE {' AND '.join(where)}"
+    )
+    if groups:
+        sql += f" GROUP BY {', '.join(groups)}"
+    # One row past the cap tells the caller there were too many groups.
+    sql += " LIMIT ?"
+    params.append(MAX_USAGE_GROUPS + 1)
     return sql, params
 
 
@@ -1041,6 +1129,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         None if run.error is None else codec.encode_text(run.error),
         run.created_at,
         run.updated_at,
+        run.model,
     )
 
 
@@ -1059,6 +1148,7 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         error=codec.decode_optional_object(row[10]),
         created_at=row[11],
         updated_at=row[12],
+        model=row[13],
     )
 
 
@@ -1074,9 +1164,11 @@ def _session_not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {session_id} not found", session_id=session_id)
 
 
-def _check_limit(limit: int, *, minimum: int) -> None:
+def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
+    if maximum is not None and limit > maximum:
+        raise InvalidInput(f"limit must be at most {maximum}", field="limit")
 
 
 def _check_run_owner(run: RunRecord, tenant: str, session_id: str) -> None:

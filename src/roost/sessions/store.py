@@ -9,9 +9,14 @@ backend cannot be reached; a driver's exception never escapes.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Final, Protocol, runtime_checkable
 
 from roost.sessions.records import Event, Page, RunRecord, Session
+from roost.sessions.usage import UsageTotals
+
+#: the most runs one `list_runs` call returns; a larger `limit` is `InvalidInput`
+MAX_LIST_RUNS: Final = 1000
 
 
 @runtime_checkable
@@ -91,10 +96,37 @@ class Store(Protocol):
         """The run, or `RunNotFound`."""
 
     async def list_runs(
-        self, tenant: str, *, session_id: str | None = None, status: str | None = None,
+        self,
+        tenant: str,
+        *,
+        session_id: str | None = None,
+        status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
-        """Newest first."""
+        """Newest first by (created_at, id), at most `limit` (1..`MAX_LIST_RUNS`).
+
+        Filters combine with AND; `since`/`until` bound `created_at` to [since, until).
+        A listing is for recent activity: totals over a window come from `usage_summary`,
+        which sums where the runs are instead of shipping each one.
+        """
+
+    async def usage_summary(
+        self,
+        tenant: str,
+        *,
+        group_by: Sequence[str] = ("agent", "model"),
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[UsageTotals]:
+        """The tenant's runs created in [since, until), counted and their usage summed per
+        group of `group_by` (keys from `USAGE_GROUP_KEYS`), sorted by key.
+
+        No runs, no groups. `InvalidInput` for an unknown key or more than
+        `MAX_USAGE_GROUPS` groups (see `roost.sessions.usage`).
+        """
 
     # -- leases: one active run per session across processes -------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:

@@ -35,7 +35,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout_s = startup_timeout_s
         config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=self.port,
-                                log_level="warning", access_log=False, lifespan="on")
+                                log_level=None, access_log=False, lifespan="on",
+                                log_config=None)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="roost-live-server",
                                         daemon=True)
