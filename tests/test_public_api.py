@@ -8,8 +8,6 @@ import inspect
 import re
 import types
 
-import pytest
-
 import roost
 
 PUBLIC_API = [

@@ -18,10 +18,14 @@ async def slow_task(topic: str) -> str:
     """
     marker = os.environ.get("SLOW_TOOL_MARKER")
     if marker:
-        with Path(marker).open("a") as file:
-            file.write(f"{topic}\n")
+        await asyncio.to_thread(_append_line, Path(marker), topic)
     await asyncio.sleep(float(os.environ.get("SLOW_TOOL_S", "0")))
     return f"findings about {topic}"
+
+
+def _append_line(path: Path, line: str) -> None:
+    with path.open("a") as file:
+        file.write(f"{line}\n")
 
 
 researcher = Agent(name="researcher", model="demo", tools=[slow_task],

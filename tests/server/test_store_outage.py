@@ -35,38 +35,38 @@ async def test_store_outage_is_503_and_recovers(kind: str) -> None:
     async with TcpProxy("127.0.0.1", target) as proxy:
         settings = Settings(store=store_settings(kind, proxy.port))
         runtime = Runtime(settings, load_agents([str(p) for p in bundled_examples()]))
-        async with LiveServer(runtime) as server:
-            async with httpx.AsyncClient(base_url=server.url, timeout=15) as http:
-                session = (await http.post("/v1/agents/weather/sessions", json={})).json()
-                turn = f"/v1/sessions/{session['id']}/turns"
-                ok = await http.post(turn, json={"input": "weather in Paris"})
-                assert ok.json()["status"] == "completed"
-                before = (await http.get(f"/v1/sessions/{session['id']}/events")).json()["items"]
+        async with LiveServer(runtime) as server, \
+                httpx.AsyncClient(base_url=server.url, timeout=15) as http:
+            session = (await http.post("/v1/agents/weather/sessions", json={})).json()
+            turn = f"/v1/sessions/{session['id']}/turns"
+            ok = await http.post(turn, json={"input": "weather in Paris"})
+            assert ok.json()["status"] == "completed"
+            before = (await http.get(f"/v1/sessions/{session['id']}/events")).json()["items"]
 
-                await proxy.cut()
-                ready = await http.get("/readyz")
-                assert ready.status_code == 503
-                assert ready.headers["content-type"] == "application/problem+json"
-                for _ in range(3):
-                    started = time.monotonic()
-                    failed = await http.post(turn, json={"input": "weather in Rome"})
-                    assert failed.status_code == 503, failed.text
-                    assert failed.json()["type"].endswith("store_unavailable")
-                    assert "Retry-After" in failed.headers
-                    assert time.monotonic() - started < 5
-                new = await http.post("/v1/agents/weather/sessions", json={})
-                assert new.status_code == 503
+            await proxy.cut()
+            ready = await http.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.headers["content-type"] == "application/problem+json"
+            for _ in range(3):
+                started = time.monotonic()
+                failed = await http.post(turn, json={"input": "weather in Rome"})
+                assert failed.status_code == 503, failed.text
+                assert failed.json()["type"].endswith("store_unavailable")
+                assert "Retry-After" in failed.headers
+                assert time.monotonic() - started < 5
+            new = await http.post("/v1/agents/weather/sessions", json={})
+            assert new.status_code == 503
 
-                await proxy.restore()
-                deadline = time.monotonic() + 20
-                while (await http.get("/readyz")).status_code != 200:
-                    assert time.monotonic() < deadline, "the store never came back"
-                    await asyncio.sleep(0.1)
-                await asyncio.sleep(settings.runtime.store_retry_s)  # the fail-fast window passes
-                again = await http.post(turn, json={"input": "weather in Oslo"})
-                assert again.status_code == 200 and again.json()["status"] == "completed"
-                after = (await http.get(f"/v1/sessions/{session['id']}/events",
-                                        params={"limit": 1000})).json()["items"]
-                # Nothing lost or corrupted: the old log is intact and the seqs contiguous.
-                assert after[:len(before)] == before
-                assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
+            await proxy.restore()
+            deadline = time.monotonic() + 20
+            while (await http.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline, "the store never came back"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(settings.runtime.store_retry_s)  # the fail-fast window passes
+            again = await http.post(turn, json={"input": "weather in Oslo"})
+            assert again.status_code == 200 and again.json()["status"] == "completed"
+            after = (await http.get(f"/v1/sessions/{session['id']}/events",
+                                    params={"limit": 1000})).json()["items"]
+            # Nothing lost or corrupted: the old log is intact and the seqs contiguous.
+            assert after[:len(before)] == before
+            assert [e["seq"] for e in after] == list(range(1, len(after) + 1))
