@@ -155,7 +155,7 @@ model = "mock"
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # ROOST_BENCH_PROFILE=out.txt: record the server with py-spy (collapsed stacks).
     profile = os.environ.get("ROOST_BENCH_PROFILE")
-    prefix = ["py-spy", "record", "--format", "raw", "--rate", "250", "--nonblocking", "-o",
+    prefix = ["py-spy", "record", "--format", "raw", "--rate", "1000", "--gil", "--nonblocking", "-o",
               profile, "--"] if profile else []
     server = subprocess.Popen(pinned(0, [*prefix, PYTHON, "-m", "roost.cli", "serve",
                                          str(ROOT / "examples" / "weather.py"), "--config",
