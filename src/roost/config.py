@@ -50,6 +50,7 @@ class ServerConfig(_Section):
     workers: int = Field(1, ge=1)
     shutdown_grace_s: float = Field(30.0, ge=0, description="in-flight runs' grace on SIGTERM")
     max_list_limit: int = Field(200, ge=1)
+    backlog: int = Field(4096, ge=16, description="listen backlog (the kernel may cap it)")
 
 
 class StoreConfig(_Section):

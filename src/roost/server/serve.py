@@ -56,5 +56,6 @@ def serve(runtime: Runtime, observability: Observability | None = None, *, host:
     # the access log comes from the observability middleware.
     config = uvicorn.Config(create_app(runtime, observability), host=host, port=port,
                             loop="auto", http="auto", log_level=log_level, access_log=False,
-                            log_config=None, timeout_graceful_shutdown=5, lifespan="on")
+                            log_config=None, timeout_graceful_shutdown=5, lifespan="on",
+                            backlog=runtime.settings.server.backlog)
     RoostServer(config, runtime).run()
