@@ -157,11 +157,11 @@ model = "mock"
     profile = os.environ.get("ROOST_BENCH_PROFILE")
     prefix = ["py-spy", "record", "--format", "raw", "--rate", "1000", "--gil", "--nonblocking", "-o",
               profile, "--"] if profile else []
-    server = subprocess.Popen(pinned(0, [*prefix, PYTHON, "-m", "roost.cli", "serve",
-                                         str(ROOT / "examples" / "weather.py"), "--config",
-                                         str(config), "--log-level", "warning"]),
-                              env=env, cwd=workdir, stdout=open(workdir / "server.out", "w"),
-                              stderr=open(workdir / "server.log", "w"))
+    with open(workdir / "server.out", "w") as out, open(workdir / "server.log", "w") as err:
+        server = subprocess.Popen(pinned(0, [*prefix, PYTHON, "-m", "roost.cli", "serve",
+                                             str(ROOT / "examples" / "weather.py"), "--config",
+                                             str(config), "--log-level", "warning"]),
+                                  env=env, cwd=workdir, stdout=out, stderr=err)
     try:
         wait_for(f"http://127.0.0.1:{mock_port}/v1/models")
         wait_for(f"http://127.0.0.1:{server_port}/healthz")
