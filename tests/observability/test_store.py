@@ -91,8 +91,10 @@ class RecordingStore:
         return make_run(run_id)
 
     async def list_runs(self, tenant: str, *, session_id: str | None = None,
-                        status: str | None = None, limit: int = 100) -> list[RunRecord]:
-        await self._do("list_runs", tenant, session_id, status, limit)
+                        status: str | None = None, agent: str | None = None,
+                        since: float | None = None, until: float | None = None,
+                        limit: int = 100) -> list[RunRecord]:
+        await self._do("list_runs", tenant, session_id, status, agent, since, until, limit)
         return []
 
     async def acquire_lease(self, tenant: str, session_id: str, owner: str,
@@ -134,7 +136,8 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
     "tail_events": (("t", "s", 9), {}),
     "put_run": ((make_run(),), {}),
     "get_run": (("t", "r"), {}),
-    "list_runs": (("t",), {"session_id": "s", "status": "completed", "limit": 3}),
+    "list_runs": (("t",), {"session_id": "s", "status": "completed", "agent": "a",
+                           "since": 1.0, "until": 2.0, "limit": 3}),
     "acquire_lease": (("t", "s", "me", 30.0), {}),
     "release_lease": (("t", "s", "me"), {}),
     "expire_sessions": ((123.0,), {}),
@@ -162,6 +165,7 @@ async def test_results_and_arguments_pass_through_and_every_operation_is_timed()
     assert ("expire_sessions", (123.0,)) in inner.calls
     assert ("patch_state", ("t", "s", {"k": 1}, 3)) in inner.calls
     assert ("list_sessions", ("t", "a", "u", "c", 5)) in inner.calls
+    assert ("list_runs", ("t", "s", "completed", "a", 1.0, 2.0, 3)) in inner.calls
     s = scrape(obs)
     for name in PROTOCOL_METHODS:
         assert value(s, "roost_store_operation_seconds_count", backend="sqlite",
@@ -194,7 +198,7 @@ async def test_errors_propagate_unchanged_and_are_counted_by_type() -> None:
 
 
 async def test_store_spans_nest_under_the_run_and_end_on_cancellation() -> None:
-    obs, exporter = traced()
+    obs, exporter = traced(ObservabilityConfig(trace_store=True))
     inner = RecordingStore()
     store = obs.instrument_store(inner)
     run = make_run()
@@ -230,3 +234,16 @@ def test_nothing_to_measure_returns_the_store_itself() -> None:
     obs = Observability(ObservabilityConfig(metrics=False))
     inner = RecordingStore()
     assert obs.instrument_store(inner) is inner
+
+
+@pytest.mark.xfail(strict=True, reason="needs Observability.instrument_store to pass its tracer "
+                   "only when config.trace_store is on (observability/__init__.py, issue 5)")
+async def test_store_spans_only_with_trace_store() -> None:
+    for trace_store in (False, True):
+        obs, exporter = traced(ObservabilityConfig(trace_store=trace_store))
+        store = obs.instrument_store(RecordingStore())
+        await store.ping()
+        assert value(scrape(obs), "roost_store_operation_seconds_count", backend="sqlite",
+                     operation="ping") == 1  # timed either way
+        names = [s.name for s in exporter.get_finished_spans()]
+        assert names == (["ping sqlite"] if trace_store else [])

@@ -41,6 +41,10 @@ _RUN_OUTCOMES = TERMINAL_STATUSES
 _TOOL_OUTCOMES = frozenset({"ok", "error", "timeout", "cancelled", "invalid_arguments"})
 _FAILED_RUN = frozenset({"failed", "timed_out"})
 _MAX_CACHED_NAMES = 4096
+# Model settings recorded on chat spans, and their attribute names.
+_REQUEST_SETTINGS = tuple((key, f"gen_ai.request.{key}")
+                          for key in ("temperature", "max_tokens", "top_p"))
+_NUMBERS = frozenset({int, float})
 
 
 class _Run:
@@ -210,10 +214,11 @@ class ObservabilityHooks(EngineHooks):
                     "gen_ai.request.model": name,
                 }
                 settings = request.settings
-                for key in ("temperature", "max_tokens", "top_p"):
-                    value = settings.get(key)
-                    if isinstance(value, int | float):
-                        attributes[f"gen_ai.request.{key}"] = value
+                if settings:
+                    for key, attribute in _REQUEST_SETTINGS:
+                        value = settings.get(key)
+                        if value is not None and type(value) in _NUMBERS:
+                            attributes[attribute] = value
                 call.span = spans.start(f"chat {name}", SpanKind.CLIENT, attributes,
                                         _parent_span(parent))
                 if parent is not None:

@@ -151,11 +151,19 @@ class InstrumentedStore:
         return await self._call("get_run", self.inner.get_run(tenant, run_id))
 
     async def list_runs(
-        self, tenant: str, *, session_id: str | None = None, status: str | None = None,
+        self,
+        tenant: str,
+        *,
+        session_id: str | None = None,
+        status: str | None = None,
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
         limit: int = 100,
     ) -> list[RunRecord]:
         return await self._call("list_runs", self.inner.list_runs(
-            tenant, session_id=session_id, status=status, limit=limit))
+            tenant, session_id=session_id, status=status, agent=agent, since=since,
+            until=until, limit=limit))
 
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         return await self._call("acquire_lease", self.inner.acquire_lease(

@@ -104,6 +104,8 @@ class RunHandle:
     started: bool = False
     # The whole conversation after the run (without instructions), for compaction.
     conversation: list[Message] = field(default_factory=list)
+    # Keeps the session's store lease alive while the run lives (shared stores only).
+    lease_renewal: asyncio.Task[None] | None = None
 
     async def wait(self) -> RunRecord:
         return await asyncio.shield(self.done)
@@ -426,6 +428,8 @@ class Runtime:
             log.exception("run %s crashed in the runtime", run.id)
             await self._record_unstarted(handle, "failed", exc)
         finally:
+            if handle.lease_renewal is not None:
+                handle.lease_renewal.cancel()
             if leased:
                 with contextlib.suppress(RoostError):
                     await self.store.release_lease(run.tenant, run.session_id, self.instance_id)
@@ -526,7 +530,9 @@ class Runtime:
                 raise SessionBusy("the session has an active run on another instance")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
-        self._spawn(self._renew_lease(run, ttl), name=f"lease-{run.id}")
+        handle = self.runs.get(run.id)
+        if handle is not None:
+            handle.lease_renewal = self._spawn(self._renew_lease(run, ttl), name=f"lease-{run.id}")
         return True
 
     async def _renew_lease(self, run: RunRecord, ttl: float) -> None:
