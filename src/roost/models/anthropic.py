@@ -6,7 +6,8 @@
 
 Like the OpenAI-compatible provider it is a lean aiohttp + msgspec client (one pooled
 session per instance, typed decoding, an incremental SSE parser), because it sits on the hot
-path of every turn.
+path of every turn. The session, deadline and transport-error plumbing both share is
+`roost.models.http.HTTPModel`.
 
 What differs from chat completions, and how Roost's records map onto it:
 
@@ -34,9 +35,6 @@ Errors become `ModelError` with a `kind`:
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
-import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final
@@ -55,6 +53,7 @@ from roost.models.base import (
     ToolCall,
     ToolSpec,
 )
+from roost.models.http import HTTPModel, SSEParser, read_error_body, retry_after
 from roost.sessions.records import Usage
 
 __all__ = ["AnthropicModel", "wire_request"]
@@ -73,7 +72,6 @@ _UNSUPPORTED_SETTINGS: Final = frozenset(
      "top_logprobs", "parallel_tool_calls", "user", "stream_options", "logit_bias"}
 )  # fmt: skip
 _OVERFLOW_MARKERS: Final = ("prompt is too long", "context window", "context length", "too many tokens")
-_DEADLINE_SLACK_S: Final = 0.005
 # The HTTP status each error type comes with, for errors that arrive inside a stream.
 _STATUS_OF_TYPE: Final = {
     "invalid_request_error": 400, "authentication_error": 401, "permission_error": 403,
@@ -219,55 +217,6 @@ def _usage(wire: _Usage | None, into: Usage | None = None) -> Usage:
     return usage
 
 
-class _SSEParser:
-    """Incremental server-sent-events parser: bytes in, complete `data` payloads out.
-
-    Every Anthropic event repeats its name as the `type` field of its data, so only `data:`
-    lines matter. A read may end anywhere; the unfinished tail waits for the next feed.
-    """
-
-    __slots__ = ("_data", "_tail")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        lines = (self._tail + chunk if self._tail else chunk).split(b"\n")
-        self._tail = lines.pop()
-        events: list[bytes] = []
-        data = self._data
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
-                    data.clear()
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        return events
-
-    def flush(self) -> list[bytes]:
-        return self.feed(b"\n\n") if self._tail or self._data else []
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
 def _error_detail(body: bytes) -> tuple[str, str]:
     """(message, error type) from an Anthropic error body, or whatever the body says."""
     try:
@@ -279,7 +228,7 @@ def _error_detail(body: bytes) -> tuple[str, str]:
     return body[:500].decode("utf-8", "replace"), ""
 
 
-class AnthropicModel:
+class AnthropicModel(HTTPModel):
     """A `Model` over Anthropic's `/v1/messages`.
 
         model = AnthropicModel("claude-3-5-haiku-latest", api_key=key, max_tokens=2048)
@@ -290,6 +239,9 @@ class AnthropicModel:
     `max_completion_tokens` are translated, OpenAI-only ones dropped). The HTTP session is
     created on first use inside the running loop; `aclose()` releases its connections.
     """
+
+    _INVALID_URL_KIND = "bad_request"
+    _UNEXPECTED_KIND = "error"
 
     def __init__(
         self,
@@ -306,63 +258,21 @@ class AnthropicModel:
         headers: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.name = f"{provider}:{model}"
-        self.base_url = base_url.rstrip("/")
+        provider_headers = {"anthropic-version": api_version}
+        if api_key:
+            provider_headers["x-api-key"] = api_key
+        super().__init__(
+            model, base_url=base_url, provider=provider, provider_headers=provider_headers,
+            connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s,
+            max_connections=max_connections, headers=headers, settings=settings,
+        )
         self.max_tokens = max_tokens
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.max_connections = max_connections
-        self.settings: dict[str, Any] = dict(settings or {})
         # Accept a base URL given with or without the API version path.
         path = "/messages" if self.base_url.endswith("/v1") else "/v1/messages"
         self._url = URL(self.base_url + path)
-        self._headers: dict[str, str] = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "roost",
-            "anthropic-version": api_version,
-        }
-        if api_key:
-            self._headers["x-api-key"] = api_key
-        self._headers.update(headers or {})
-        self._default_timeout = aiohttp.ClientTimeout(
-            total=None, connect=read_timeout_s, sock_connect=connect_timeout_s,
-            sock_read=read_timeout_s,
-        )
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"AnthropicModel({self.model!r}, base_url={self.base_url!r})"
-
-    # --- session ---------------------------------------------------------------------------
-
-    async def _session_for(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-        session = self._session
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if session is not None and self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise ModelError(f"{self.name}: this model is in use on another event loop",
-                                 provider=self.provider)
-            await session.close()  # its loop is gone, and its connections with it
-        connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0,
-                                         ttl_dns_cache=300, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers,
-                                              timeout=self._default_timeout, trust_env=False)
-        self._loop = loop
-        return self._session
-
-    async def aclose(self) -> None:
-        """Close the HTTP session and its pooled connections. The model can be used again."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            loop = self._loop
-            if loop is None or loop is asyncio.get_running_loop() or loop.is_closed():
-                await session.close()
-        self._loop = None
 
     # --- one call --------------------------------------------------------------------------
 
@@ -382,37 +292,10 @@ class AnthropicModel:
             body.pop("stream", None)
         return _encode(body)
 
-    def _timeout(self, request: ModelRequest, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientTimeout:
-        if request.deadline is None:
-            return self._default_timeout
-        remaining = request.deadline - loop.time()
-        if remaining <= 0:
-            raise self._error("deadline passed before the call started", kind="deadline",
-                              retryable=False)
-        return aiohttp.ClientTimeout(
-            total=remaining, connect=min(remaining, self.read_timeout_s),
-            sock_connect=self.connect_timeout_s, sock_read=self.read_timeout_s,
-            ceil_threshold=math.inf,  # a deadline is exact; aiohttp would round it up
-        )
-
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield `TextDelta`s (streamed requests only), then one `ModelResponse`."""
         loop = asyncio.get_running_loop()
-        timeout = self._timeout(request, loop)
-        session = await self._session_for(loop)
-        headers: dict[str, str] | None = None
-        metadata = request.metadata
-        if metadata and "traceparent" in metadata:
-            headers = {"traceparent": metadata["traceparent"]}
-            if "tracestate" in metadata:
-                headers["tracestate"] = metadata["tracestate"]
-        if request.stream:
-            headers = {**(headers or {}), "Accept": "text/event-stream"}
-        try:
-            response = await session.post(self._url, data=self._body(request), headers=headers,
-                                          timeout=timeout, allow_redirects=False)
-        except Exception as exc:
-            raise self._transport_error(exc, request, loop) from exc
+        response = await self._post(request, loop)
         finished = False
         try:
             if response.status >= 300:
@@ -436,7 +319,7 @@ class AnthropicModel:
                 response.close()
 
     async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncGenerator[StreamItem, None]:
-        parser = _SSEParser()
+        parser = SSEParser()
         text_parts: list[str] = []
         # block index -> [id, name, json fragments]; text blocks are not kept here
         calls: dict[int, tuple[str, str, list[str]]] = {}
@@ -529,12 +412,6 @@ class AnthropicModel:
 
     # --- errors ----------------------------------------------------------------------------
 
-    def _error(self, message: str, *, kind: str, retryable: bool, status_code: int | None = None,
-               retry_after: float | None = None) -> ModelError:
-        return ModelError(f"{self.name}: {message}", status_code=status_code,
-                          retryable=retryable, retry_after=retry_after, provider=self.provider,
-                          kind=kind)
-
     def _event_error(self, error: _Error | None) -> ModelError:
         """An error reported inside a 200 (a stream's `error` event)."""
         type_ = error.type if error else ""
@@ -546,39 +423,16 @@ class AnthropicModel:
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> ModelError:
         status = response.status
-        try:
-            body = await response.read()
-        except Exception:  # the status says enough; the body is a courtesy
-            body = b""
-        message, type_ = _error_detail(body)
+        message, type_ = _error_detail(await read_error_body(response))
         kind, retryable = _classify(status, type_, message)
         error = self._error(
             f"HTTP {status}{f' {type_}' if type_ else ''}: {message}", kind=kind,
             retryable=retryable, status_code=status,
-            retry_after=_retry_after(response.headers) if retryable else None,
+            retry_after=retry_after(response.headers) if retryable else None,
         )
         if type_:
             error.details["code"] = type_
         return error
-
-    def _transport_error(self, exc: BaseException, request: ModelRequest,
-                         loop: asyncio.AbstractEventLoop) -> ModelError:
-        if isinstance(exc, ModelError):
-            return exc
-        if isinstance(exc, TimeoutError):
-            deadline = request.deadline
-            if deadline is not None and loop.time() >= deadline - _DEADLINE_SLACK_S:
-                return self._error("deadline exceeded", kind="deadline", retryable=False)
-            return self._error(f"timed out ({type(exc).__name__})", kind="timeout", retryable=True)
-        if isinstance(exc, aiohttp.InvalidURL):
-            return self._error(f"invalid URL {self._url}", kind="bad_request", retryable=False)
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return self._error(f"response body cut short: {exc}", kind="connection", retryable=True)
-        if isinstance(exc, aiohttp.ClientError | OSError):
-            return self._error(f"connection failed: {type(exc).__name__}: {exc}",
-                               kind="connection", retryable=True)
-        return self._error(f"unexpected {type(exc).__name__}: {exc}", kind="error", retryable=False)
-
 
 def _classify(status: int, type_: str, message: str) -> tuple[str, bool]:
     """(kind, retryable) for an HTTP status and Anthropic error type."""

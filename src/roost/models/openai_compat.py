@@ -9,6 +9,8 @@ It sits on the hot path of every turn, so it is a lean aiohttp + msgspec client 
 the official SDK (about 0.15 ms of CPU per call instead of 1.3-4 ms): one pooled
 `ClientSession` per model instance, requests encoded and responses decoded by msgspec
 into typed structs, server-sent events parsed incrementally without a line reader.
+The session, deadline and transport-error plumbing it shares with `AnthropicModel` is
+`roost.models.http.HTTPModel`.
 
 Everything that can go wrong becomes a `ModelError`:
 
@@ -24,9 +26,7 @@ Everything that can go wrong becomes a `ModelError`:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
-import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
@@ -46,6 +46,7 @@ from roost.models.base import (
     ToolCall,
     ToolSpec,
 )
+from roost.models.http import HTTPModel, SSEParser, read_error_body, retry_after
 from roost.sessions.records import Usage
 
 __all__ = ["OpenAICompatModel"]
@@ -62,9 +63,6 @@ _OVERFLOW_MARKERS: Final = (
     "prompt is too long",
     "too many tokens",
 )
-# A timeout this close to the deadline is the deadline: nothing left to retry with.
-_DEADLINE_SLACK_S: Final = 0.005
-
 # --- wire shapes ---------------------------------------------------------------------------
 # One set of structs decodes both a completion and a stream chunk: a choice carries either
 # `message` or `delta`. Unknown fields (logprobs, reasoning_content, ...) are skipped by msgspec.
@@ -193,43 +191,8 @@ def wire_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
     ]
 
 
-class _SSEParser:
-    """Incremental server-sent-events parser: bytes in, complete `data` payloads out.
-
-    A network read may end anywhere — mid-line, mid-event — so the unfinished tail is kept
-    for the next feed. Only `data:` fields matter for chat completions; comments (keep-alive
-    lines starting with ":"), `event:`, `id:` and `retry:` are skipped. Lines end in LF or
-    CRLF (a bare CR is not used by any chat-completions server).
-    """
-
-    __slots__ = ("_data", "_tail")
-
-    def __init__(self) -> None:
-        self._tail = b""
-        self._data: list[bytes] = []
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        buffer = self._tail + chunk if self._tail else chunk
-        lines = buffer.split(b"\n")
-        self._tail = lines.pop()  # b"" when the chunk ended on a line break
-        events: list[bytes] = []
-        data = self._data
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
-                    data.clear()
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        return events
-
-    def flush(self) -> list[bytes]:
-        """At end of stream: an event the server did not terminate with a blank line."""
-        events = self.feed(b"\n\n") if self._tail or self._data else []
-        return events
+# The parser is shared with the other providers; the old name stays importable.
+_SSEParser = SSEParser
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -243,18 +206,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         else:
             if math.isfinite(seconds):
                 return max(0.0, seconds)
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+    return retry_after(headers)
 
 
 def _error_detail(body: bytes) -> tuple[str, str | None]:
@@ -271,7 +223,7 @@ def _error_detail(body: bytes) -> tuple[str, str | None]:
     return str(error)[:500], None
 
 
-class OpenAICompatModel:
+class OpenAICompatModel(HTTPModel):
     """A `Model` over any OpenAI-compatible `/chat/completions` endpoint.
 
         model = OpenAICompatModel(
@@ -299,74 +251,21 @@ class OpenAICompatModel:
         headers: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        self.model = model
-        self.provider = provider
-        self.name = f"{provider}:{model}"
-        self.base_url = base_url.rstrip("/")
-        self.connect_timeout_s = connect_timeout_s
-        self.read_timeout_s = read_timeout_s
-        self.max_connections = max_connections
-        self.settings: dict[str, Any] = dict(settings or {})
-        self._url = URL(self.base_url + "/chat/completions")
-        self._headers: dict[str, str] = {
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "roost",
-        }
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._headers.update(headers or {})
-        # Without a deadline a call is bounded by the connect and per-read timeouts only;
-        # `connect` also bounds the wait for a free slot in the pool.
-        self._default_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=read_timeout_s,
-            sock_connect=connect_timeout_s,
-            sock_read=read_timeout_s,
+        super().__init__(
+            model,
+            base_url=base_url,
+            provider=provider,
+            provider_headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            max_connections=max_connections,
+            headers=headers,
+            settings=settings,
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._url = URL(self.base_url + "/chat/completions")
 
     def __repr__(self) -> str:
         return f"OpenAICompatModel({self.model!r}, base_url={self.base_url!r}, provider={self.provider!r})"
-
-    # --- session ---------------------------------------------------------------------------
-
-    async def _session_for(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-        session = self._session
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if session is not None and self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise ModelError(
-                    f"{self.name}: this model is in use on another event loop",
-                    provider=self.provider,
-                )
-            # Its loop is gone, and its connections with it: closing it only marks it closed.
-            await session.close()
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=self._default_timeout,
-            trust_env=False,
-        )
-        self._loop = loop
-        return self._session
-
-    async def aclose(self) -> None:
-        """Close the HTTP session and its pooled connections. The model can be used again."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            loop = self._loop
-            if loop is None or loop is asyncio.get_running_loop() or loop.is_closed():
-                await session.close()
-        self._loop = None
 
     # --- one call --------------------------------------------------------------------------
 
@@ -391,28 +290,6 @@ class OpenAICompatModel:
             body.pop("stream_options", None)
         return _encode(body)
 
-    def _timeout(
-        self, request: ModelRequest, loop: asyncio.AbstractEventLoop
-    ) -> aiohttp.ClientTimeout:
-        if request.deadline is None:
-            return self._default_timeout
-        remaining = request.deadline - loop.time()
-        if remaining <= 0:
-            raise ModelError(
-                f"{self.name}: deadline passed before the call started",
-                retryable=False,
-                provider=self.provider,
-                kind="deadline",
-            )
-        return aiohttp.ClientTimeout(
-            total=remaining,
-            connect=min(remaining, self.read_timeout_s),
-            sock_connect=self.connect_timeout_s,
-            sock_read=self.read_timeout_s,
-            # aiohttp rounds timeouts above 5 s up to whole seconds; a deadline is exact.
-            ceil_threshold=math.inf,
-        )
-
     async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield `TextDelta`s (streamed requests only), then one `ModelResponse`.
 
@@ -421,27 +298,7 @@ class OpenAICompatModel:
         collection. Cancellation closes it too.
         """
         loop = asyncio.get_running_loop()
-        timeout = self._timeout(request, loop)
-        session = await self._session_for(loop)
-        metadata = request.metadata
-        headers: dict[str, str] | None = None
-        if metadata and "traceparent" in metadata:
-            headers = {"traceparent": metadata["traceparent"]}
-            if "tracestate" in metadata:
-                headers["tracestate"] = metadata["tracestate"]
-        if request.stream:
-            headers = {**(headers or {}), "Accept": "text/event-stream"}
-
-        try:
-            response = await session.post(
-                self._url,
-                data=self._body(request),
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except Exception as exc:
-            raise self._transport_error(exc, request, loop) from exc
+        response = await self._post(request, loop)
 
         # A fully read body returns the connection to the pool, before the final item is
         # handed over (the consumer may stop right there); anything else (an error, the
@@ -570,24 +427,6 @@ class OpenAICompatModel:
 
     # --- errors ----------------------------------------------------------------------------
 
-    def _error(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        retryable: bool,
-        retry_after: float | None = None,
-        kind: str | None = None,
-    ) -> ModelError:
-        return ModelError(
-            f"{self.name}: {message}",
-            status_code=status_code,
-            retryable=retryable,
-            retry_after=retry_after,
-            provider=self.provider,
-            kind=kind or _kind_of(status_code),
-        )
-
     def _body_error(self, error: _WireError | str) -> ModelError:
         if isinstance(error, str):
             return self._error(f"provider error: {error[:500]}", retryable=True)
@@ -602,11 +441,7 @@ class OpenAICompatModel:
 
     async def _http_error(self, response: aiohttp.ClientResponse) -> ModelError:
         status = response.status
-        try:
-            body = await response.read()
-        except Exception:  # the status says enough; the body is a courtesy
-            body = b""
-        message, code = _error_detail(body)
+        message, code = _error_detail(await read_error_body(response))
         retryable = status in _RETRYABLE_STATUSES or status >= 500
         overflow = status in (400, 413, 422) and (
             code == "context_length_exceeded"
@@ -625,41 +460,6 @@ class OpenAICompatModel:
         if overflow:
             error.kind = "context_overflow"
         return error
-
-    def _transport_error(
-        self, exc: BaseException, request: ModelRequest, loop: asyncio.AbstractEventLoop
-    ) -> ModelError:
-        if isinstance(exc, ModelError):
-            return exc
-        if isinstance(exc, TimeoutError):
-            deadline = request.deadline
-            if deadline is not None and loop.time() >= deadline - _DEADLINE_SLACK_S:
-                return self._error("deadline exceeded", retryable=False, kind="deadline")
-            return self._error(f"timed out ({type(exc).__name__})", retryable=True, kind="timeout")
-        if isinstance(exc, aiohttp.InvalidURL):
-            return self._error(f"invalid URL {self._url}", retryable=False)
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return self._error(f"response body cut short: {exc}", retryable=True, kind="connection")
-        if isinstance(exc, aiohttp.ClientError | OSError):
-            return self._error(f"connection failed: {type(exc).__name__}: {exc}", retryable=True,
-                               kind="connection")
-        return self._error(f"unexpected {type(exc).__name__}: {exc}", retryable=False)
-
-
-def _kind_of(status: int | None) -> str:
-    """What an HTTP status means to the wrappers (see `ModelError.kind`)."""
-    if status is None:
-        return "malformed"
-    if status == 429:
-        return "rate_limited"
-    if status in (401, 403):
-        return "auth"
-    if status == 408:
-        return "timeout"
-    if status >= 500:
-        return "overloaded"
-    return "bad_request"
-
 
 def _merge_tool_calls(
     calls: dict[int, tuple[list[str | None], list[str]]], deltas: list[_WireToolCall]

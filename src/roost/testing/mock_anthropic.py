@@ -19,29 +19,26 @@ the `X-Mock-Fault` header), played in Anthropic's shapes: `http_500` is an `api_
         server.faults.set(FaultPlan("http_429", count=1))
 
     python -m roost.testing.mock_anthropic --port 8002 --latency-ms 50
+
+What it shares with the OpenAI mock (lifecycle, stats, control endpoints, fault playing,
+CLI) is `roost.testing.mock_server.MockServer`.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
 import re
-import signal
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
-from aiohttp import web, web_protocol
+from aiohttp import web
 
-from roost.testing.faults import FAULT_HEADER, FaultInjector, FaultMode, FaultPlan
-from roost.testing.mock_openai import LATENCY_HEADER, MockStats, arguments_for, pick_tool
+from roost.testing.faults import FAULT_HEADER, FaultMode
+from roost.testing.mock_openai import arguments_for, pick_tool
+from roost.testing.mock_server import JSON, MockServer, run_cli
 
 __all__ = ["MockAnthropicServer"]
 
 DEFAULT_MODEL: Final = "mock-claude"
-_JSON: Final = "application/json"
-_SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 class _Tool(msgspec.Struct):
@@ -70,7 +67,7 @@ _encode: Final = msgspec.json.Encoder().encode
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = _encode({"type": "error", "error": {"type": kind, "message": message}})
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
 
 def _tokens(text: str) -> int:
@@ -139,30 +136,7 @@ def _input_tokens(request: _RequestIn) -> int:
     return total
 
 
-class _CountingServer(web.Server):
-    """aiohttp's low-level server, counting connections for `MockStats`."""
-
-    def __init__(self, stats: MockStats, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stats = stats
-
-    def connection_made(self, handler: web_protocol.RequestHandler, transport: asyncio.Transport) -> None:
-        super().connection_made(handler, transport)
-        self._stats.open_connections += 1
-        self._stats.max_open_connections = max(self._stats.max_open_connections,
-                                               self._stats.open_connections)
-        self._stats._changed()
-
-    def connection_lost(self, handler: web_protocol.RequestHandler, exc: BaseException | None = None) -> None:
-        super().connection_lost(handler, exc)
-        self._stats.open_connections -= 1
-        self._stats._changed()
-
-
-_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-class MockAnthropicServer:
+class MockAnthropicServer(MockServer):
     """The mock Anthropic server, in-process (`async with`) or from the CLI.
 
         async with MockAnthropicServer(latency_s=0.05) as server:
@@ -172,6 +146,13 @@ class MockAnthropicServer:
     `api_key`, when set, is required in `x-api-key` (else 401 `authentication_error`).
     `token_delay_s` spaces streamed events; `stats.chat_requests` counts message requests.
     """
+
+    _FAULT_ERRORS: ClassVar = {
+        "http_500": (500, "api_error", "mock: internal server error"),
+        # Anthropic's own overload signal, not a 503.
+        "http_503": (529, "overloaded_error", "mock: Overloaded"),
+        "http_429": (429, "rate_limit_error", "mock: rate limit reached"),
+    }
 
     def __init__(
         self,
@@ -185,90 +166,21 @@ class MockAnthropicServer:
         backlog: int = 4096,
         shutdown_timeout_s: float = 1.0,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.latency_s = latency_s
-        self.token_delay_s = token_delay_s
-        self.model = model
-        self.api_key = api_key
-        self.backlog = backlog
-        self.shutdown_timeout_s = shutdown_timeout_s
-        self.faults = FaultInjector()
-        self.stats = MockStats()
-        self.last_request: tuple[dict[str, str], dict[str, Any]] | None = None
-        self._runner: web.ServerRunner | None = None
-        self._calls = 0
-        self._routes: dict[tuple[str, str], _Handler] = {
-            ("POST", "/v1/messages"): self._messages,
-            ("POST", "/_mock/faults"): self._set_faults,
-            ("DELETE", "/_mock/faults"): self._clear_faults,
-            ("GET", "/_mock/faults"): self._get_faults,
-            ("GET", "/_mock/stats"): self._get_stats,
-            ("POST", "/_mock/reset"): self._reset,
-        }
+        super().__init__(
+            host=host, port=port, latency_s=latency_s, token_delay_s=token_delay_s,
+            model=model, api_key=api_key, backlog=backlog, shutdown_timeout_s=shutdown_timeout_s,
+        )
+        self._routes["POST", "/v1/messages"] = self._messages
 
     @property
-    def url(self) -> str:
+    def base_url(self) -> str:
         """The server root, e.g. "http://127.0.0.1:8002" — what `AnthropicModel` takes."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self.url
 
-    base_url = url
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("MockAnthropicServer is already started")
-        # handler_cancellation: a client that hangs up cancels its handler, so a "timeout"
-        # fault does not outlive the connection that asked for it.
-        server = _CountingServer(self.stats, self._dispatch, handler_cancellation=True,
-                                 access_log=None)
-        runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout_s)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=self.backlog)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> MockAnthropicServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        handler = self._routes.get((request.method, request.path))
-        if handler is None:
-            return _error(404, "not_found_error", f"no route {request.method} {request.path}")
-        if request.path.startswith("/_mock/"):
-            return await handler(request)
-        stats = self.stats
-        stats.requests_total += 1
-        stats.open_requests += 1
-        stats.max_open_requests = max(stats.max_open_requests, stats.open_requests)
-        try:
-            return await handler(request)
-        finally:
-            stats.open_requests -= 1
-            stats._changed()
-
-    def _latency(self, request: web.BaseRequest) -> float:
-        override = request.headers.get(LATENCY_HEADER)
-        if override is None:
-            return self.latency_s
-        try:
-            return max(0.0, float(override) / 1000.0)
-        except ValueError:
-            return self.latency_s
+    def _error_response(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return _error(status, kind, message, headers)
 
     async def _messages(self, request: web.BaseRequest) -> web.StreamResponse:
         self.stats.chat_requests += 1
@@ -287,13 +199,9 @@ class MockAnthropicServer:
             return _error(400, "invalid_request_error", f"invalid request body: {exc}")
         if not parsed.messages:
             return _error(400, "invalid_request_error", "messages: at least one message is required")
-        self.last_request = (dict(request.headers), msgspec.json.decode(body))
+        self._last_raw = (request.headers, body)
 
-        plan = self.faults.plan
-        delay = self._latency(request) + (plan.delay_s if mode == "slow_first_token" else 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        fault = await self._fault_before_answer(request, mode, plan)
+        fault = await self._before_answer(request, mode)
         if fault is not None:
             return fault
 
@@ -322,35 +230,7 @@ class MockAnthropicServer:
             "content": content, "stop_reason": stop_reason, "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
         })
-        if mode == "malformed_json":
-            return web.Response(body=payload[: len(payload) // 2] + b"}{", content_type=_JSON)
-        if mode == "truncated_sse":
-            return web.Response(body=payload[: len(payload) // 2], content_type=_JSON)
-        if mode == "reset_mid_stream":
-            response = web.StreamResponse(headers={"Content-Type": _JSON})
-            response.content_length = len(payload)
-            await response.prepare(request)
-            await response.write(payload[: len(payload) // 2])
-            _abort(request)
-            return response
-        return web.Response(body=payload, content_type=_JSON)
-
-    async def _fault_before_answer(self, request: web.BaseRequest, mode: FaultMode,
-                                   plan: FaultPlan) -> web.StreamResponse | None:
-        if mode == "http_500":
-            return _error(500, "api_error", "mock: internal server error")
-        if mode == "http_503":
-            return _error(529, "overloaded_error", "mock: Overloaded")
-        if mode == "http_429":
-            value = plan.retry_after_s
-            header = str(int(value)) if value == int(value) else f"{value:g}"
-            return _error(429, "rate_limit_error", "mock: rate limit reached",
-                          headers={"Retry-After": header})
-        if mode == "timeout":
-            await asyncio.sleep(plan.timeout_s)
-            _abort(request)
-            return web.Response(status=504)
-        return None
+        return await self._json_answer(request, mode, payload)
 
     async def _stream(self, request: web.BaseRequest, mode: FaultMode, message_id: str,
                       model: str, content: list[dict[str, Any]], stop_reason: str,
@@ -393,92 +273,22 @@ class MockAnthropicServer:
             # Keep the start and some content; drop the end and message_stop.
             events = events[: max(4, len(events) // 2)]
 
-        response = web.StreamResponse(headers=_SSE_HEADERS)
-        try:
-            await response.prepare(request)
-            if self.token_delay_s <= 0:
-                await response.write(b"".join(events))
-            else:
-                for index, item in enumerate(events):
-                    if index:
-                        await asyncio.sleep(self.token_delay_s)
-                    await response.write(item)
-            if mode == "reset_mid_stream":
-                _abort(request)
-                return response
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client left
-        return response
-
-    async def _set_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            plan = FaultPlan.from_dict(msgspec.json.decode(await request.read()))
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
-            return _error(400, "invalid_request_error", f"invalid fault plan: {exc}")
-        self.faults.set(plan)
-        return web.Response(body=_encode(plan.to_dict()), content_type=_JSON)
-
-    async def _clear_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.faults.clear()
-        return web.Response(status=204)
-
-    async def _get_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        data = {**self.faults.plan.to_dict(), "remaining": self.faults.remaining}
-        return web.Response(body=_encode(data), content_type=_JSON)
-
-    async def _get_stats(self, request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(body=_encode(self.stats.to_dict(self.faults)), content_type=_JSON)
-
-    async def _reset(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.reset()
-        return web.Response(status=204)
-
-    def reset(self) -> None:
-        """Clear the fault plan and the counters."""
-        self.faults.clear()
-        self.faults.reset_stats()
-        self.stats.reset()
-        self.last_request = None
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    server = MockAnthropicServer(host=args.host, port=args.port,
-                                 latency_s=args.latency_ms / 1000.0,
-                                 token_delay_s=args.token_delay_ms / 1000.0, model=args.model)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    async with server:
-        print(f"listening on {server.url}", flush=True)
-        await stop.wait()
+        return await self._write_stream(request, mode, events)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    run_cli(
+        argv,
         prog="python -m roost.testing.mock_anthropic",
         description="A mock Anthropic Messages API server (deterministic, injectable faults).",
+        port=8002,
+        model=DEFAULT_MODEL,
+        between="events",
+        make_server=lambda args: MockAnthropicServer(
+            host=args.host, port=args.port, latency_s=args.latency_ms / 1000.0,
+            token_delay_s=args.token_delay_ms / 1000.0, model=args.model,
+        ),
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8002)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="wait before the first byte")
-    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="wait between events")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name to report")
-    args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a default dependency off Windows
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
 
 
 if __name__ == "__main__":

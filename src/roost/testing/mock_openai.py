@@ -26,26 +26,32 @@ From a shell (uvloop when available):
 
 It must hold 10,000 open connections in the C10K benchmark, so it sits on aiohttp's low-level
 server (no router, no middlewares, no access log) and does O(request size) work per request.
+The server scaffolding it shares with the Anthropic mock (lifecycle, stats, control
+endpoints, fault playing, CLI) is `roost.testing.mock_server.MockServer`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import re
-import signal
 import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
-from aiohttp import web, web_protocol
+from aiohttp import web
 
-from roost.testing.faults import FAULT_HEADER, FaultInjector, FaultMode, FaultPlan
+from roost.testing.faults import FAULT_HEADER, FaultMode
+from roost.testing.mock_server import (
+    JSON,
+    LATENCY_HEADER,
+    CountingServer,
+    MockServer,
+    MockStats,
+    run_cli,
+)
 
 __all__ = [
     "LATENCY_HEADER",
@@ -56,9 +62,6 @@ __all__ = [
     "embed",
     "pick_tool",
 ]
-
-#: Per-request override of the server's latency, in milliseconds.
-LATENCY_HEADER: Final = "X-Mock-Latency-Ms"
 
 DEFAULT_MODEL: Final = "mock-gpt"
 DEFAULT_EMBEDDING_MODEL: Final = "mock-embedding"
@@ -384,120 +387,13 @@ def _prompt_tokens(chat: _ChatIn) -> int:
     return total
 
 
-# --- statistics ----------------------------------------------------------------------------
-
-
-class MockStats:
-    """Live counters of a mock server; `to_dict()` is what `GET /_mock/stats` returns.
-
-    `open_requests` counts API requests being handled (a streamed answer is open until its
-    last byte); `open_connections` counts TCP connections, idle keep-alive ones included.
-    """
-
-    __slots__ = (
-        "_waiters",
-        "chat_requests",
-        "embedding_requests",
-        "max_open_connections",
-        "max_open_requests",
-        "open_connections",
-        "open_requests",
-        "requests_total",
-        "started_at",
-    )
-
-    def __init__(self) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
-        self.open_connections = 0
-        self.open_requests = 0
-        self.reset()
-
-    def reset(self) -> None:
-        """Zero the totals and maxima; what is open now stays counted."""
-        self.requests_total = 0
-        self.chat_requests = 0
-        self.embedding_requests = 0
-        self.max_open_requests = self.open_requests
-        self.max_open_connections = self.open_connections
-        self.started_at = time.time()
-
-    def notify(self) -> None:
-        """Wake `wait_for` callers: a server calls it after changing a counter."""
-        if self._waiters:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    _changed = notify  # the name the Anthropic mock first used
-
-    async def wait_for(self, predicate: Callable[[MockStats], bool]) -> None:
-        """Wait until `predicate(stats)` holds, re-checked whenever a request or a connection
-        opens or closes. Bound it with a timeout:
-
-            async with asyncio.timeout(5):
-                await server.stats.wait_for(lambda s: s.open_connections == 0)
-        """
-        loop = asyncio.get_running_loop()
-        while not predicate(self):
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            await waiter
-
-    def to_dict(self, faults: FaultInjector | None = None) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "requests_total": self.requests_total,
-            "chat_requests": self.chat_requests,
-            "embedding_requests": self.embedding_requests,
-            "open_requests": self.open_requests,
-            "max_open_requests": self.max_open_requests,
-            "open_connections": self.open_connections,
-            "max_open_connections": self.max_open_connections,
-            "uptime_s": round(time.time() - self.started_at, 3),
-        }
-        if faults is not None:
-            data["faults"] = faults.stats.to_dict()
-        return data
-
-
-class CountingServer(web.Server):
-    """aiohttp's low-level server, counting connections in a `MockStats` as they open and
-    close. Shared by the mock servers."""
-
-    def __init__(self, stats: MockStats, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stats = stats
-
-    def connection_made(
-        self, handler: web_protocol.RequestHandler, transport: asyncio.Transport
-    ) -> None:
-        super().connection_made(handler, transport)
-        stats = self._stats
-        stats.open_connections += 1
-        if stats.open_connections > stats.max_open_connections:
-            stats.max_open_connections = stats.open_connections
-        stats.notify()
-
-    def connection_lost(
-        self, handler: web_protocol.RequestHandler, exc: BaseException | None = None
-    ) -> None:
-        super().connection_lost(handler, exc)
-        self._stats.open_connections -= 1
-        self._stats.notify()
-
-
 # --- the server ----------------------------------------------------------------------------
-
-_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-_JSON: Final = "application/json"
-_SSE_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-
 
 def _error(
     status: int, message: str, kind: str, headers: dict[str, str] | None = None
 ) -> web.Response:
     body = _encode({"error": {"message": message, "type": kind, "param": None, "code": None}})
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
 
 def _context_overflow(window: int, tokens: int) -> web.Response:
@@ -514,10 +410,10 @@ def _context_overflow(window: int, tokens: int) -> web.Response:
             "code": "context_length_exceeded",
         }
     }
-    return web.Response(status=400, body=_encode(body), content_type=_JSON)
+    return web.Response(status=400, body=_encode(body), content_type=JSON)
 
 
-class MockOpenAIServer:
+class MockOpenAIServer(MockServer):
     """The mock OpenAI-compatible server, in-process (`async with`) or from the CLI.
 
         async with MockOpenAIServer(latency_s=0.05) as server:
@@ -530,6 +426,12 @@ class MockOpenAIServer:
     set, a prompt of more (rough) tokens gets OpenAI's 400 `context_length_exceeded`. With
     `api_key` set, model endpoints answer 401 unless sent `Authorization: Bearer <api_key>`.
     """
+
+    _FAULT_ERRORS: ClassVar = {
+        "http_500": (500, "server_error", "mock: internal server error"),
+        "http_503": (503, "server_error", "mock: the engine is currently overloaded"),
+        "http_429": (429, "rate_limit_exceeded", "mock: rate limit reached"),
+    }
 
     def __init__(
         self,
@@ -545,124 +447,46 @@ class MockOpenAIServer:
         context_window: int | None = None,
         api_key: str | None = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.latency_s = latency_s
-        self.token_delay_s = token_delay_s
-        self.model = model
+        super().__init__(
+            host=host,
+            port=port,
+            latency_s=latency_s,
+            token_delay_s=token_delay_s,
+            model=model,
+            api_key=api_key,
+            backlog=backlog,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
         self.embedding_dimensions = embedding_dimensions
-        self.backlog = backlog
-        self.shutdown_timeout_s = shutdown_timeout_s
         self.context_window = context_window
-        self.api_key = api_key
-        self.faults = FaultInjector()
-        self.stats = MockStats()
-        # The newest chat request, raw: one reference swap per request costs nothing under
-        # load; `last_request` decodes it when a test asks.
-        self._last_raw: tuple[Mapping[str, str], bytes] | None = None
-        self._runner: web.ServerRunner | None = None
-        self._calls = 0
-        self._routes: dict[tuple[str, str], _Handler] = {}
         for prefix in ("/v1", ""):
             self._routes["POST", prefix + "/chat/completions"] = self._chat
             self._routes["POST", prefix + "/embeddings"] = self._embeddings
             self._routes["GET", prefix + "/models"] = self._models
-        self._routes["POST", "/_mock/faults"] = self._set_faults
-        self._routes["DELETE", "/_mock/faults"] = self._clear_faults
-        self._routes["GET", "/_mock/faults"] = self._get_faults
-        self._routes["GET", "/_mock/stats"] = self._get_stats
-        self._routes["POST", "/_mock/reset"] = self._reset
-
-    @property
-    def last_request(self) -> tuple[dict[str, str], dict[str, Any]] | None:
-        """The newest chat-completions request as (headers, JSON body), or None."""
-        if self._last_raw is None:
-            return None
-        headers, body = self._last_raw
-        return dict(headers), msgspec.json.decode(body)
-
-    # lifecycle
-
-    @property
-    def url(self) -> str:
-        """The server root, e.g. "http://127.0.0.1:8001"."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
         """What an OpenAI client takes as `base_url`: the root plus "/v1"."""
         return self.url + "/v1"
 
-    async def start(self) -> None:
-        if self._runner is not None:
-            raise RuntimeError("MockOpenAIServer is already started")
-        server = CountingServer(
-            self.stats,
-            self._dispatch,
-            # A client that hangs up mid-answer cancels its handler: a "timeout" fault or a
-            # long stream must not outlive the connection that asked for it.
-            handler_cancellation=True,
-            access_log=None,
-        )
-        runner = web.ServerRunner(server, shutdown_timeout=self.shutdown_timeout_s)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, backlog=self.backlog)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        address = runner.addresses[0]
-        self.port = int(address[1])
+    # what differs from the other mocks
 
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+    def _error_response(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return _error(status, message, kind, headers)
 
-    async def __aenter__(self) -> MockOpenAIServer:
-        await self.start()
-        return self
+    def _no_route(self, request: web.BaseRequest) -> web.Response:
+        if any(path == request.path for _, path in self._routes):
+            return _error(405, f"{request.method} not allowed", "invalid_request_error")
+        return _error(404, f"no route {request.path}", "invalid_request_error")
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    # dispatch
-
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        handler = self._routes.get((request.method, request.path))
-        if handler is None:
-            if any(path == request.path for _, path in self._routes):
-                return _error(405, f"{request.method} not allowed", "invalid_request_error")
-            return _error(404, f"no route {request.path}", "invalid_request_error")
-        if request.path.startswith("/_mock/"):
-            return await handler(request)
-        stats = self.stats
-        stats.requests_total += 1
-        stats.open_requests += 1
-        if stats.open_requests > stats.max_open_requests:
-            stats.max_open_requests = stats.open_requests
-        stats.notify()
-        try:
-            if self.api_key is not None and request.headers.get("Authorization") != (
-                f"Bearer {self.api_key}"
-            ):
-                return _error(401, "mock: invalid API key", "invalid_request_error")
-            return await handler(request)
-        finally:
-            stats.open_requests -= 1
-            stats.notify()
-
-    def _latency(self, request: web.BaseRequest) -> float:
-        override = request.headers.get(LATENCY_HEADER)
-        if override is None:
-            return self.latency_s
-        try:
-            return max(0.0, float(override) / 1000.0)
-        except ValueError:
-            return self.latency_s
+    def _deny(self, request: web.BaseRequest) -> web.Response | None:
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return _error(401, "mock: invalid API key", "invalid_request_error")
+        return None
 
     # model endpoints
 
@@ -681,16 +505,9 @@ class MockOpenAIServer:
             return _error(400, "messages must not be empty", "invalid_request_error")
         self._last_raw = (request.headers, body)
 
-        plan = self.faults.plan
-        delay = self._latency(request)
-        if mode == "slow_first_token":
-            delay += plan.delay_s
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if mode != "none" and mode != "slow_first_token":
-            fault = await self._fault_before_answer(request, mode, plan)
-            if fault is not None:
-                return fault
+        fault = await self._before_answer(request, mode)
+        if fault is not None:
+            return fault
 
         prompt_tokens = _prompt_tokens(chat)
         if self.context_window is not None and prompt_tokens > self.context_window:
@@ -735,44 +552,7 @@ class MockOpenAIServer:
                 "usage": usage,
             }
         )
-        if mode == "malformed_json":
-            return web.Response(body=payload[: len(payload) // 2] + b"}{", content_type=_JSON)
-        if mode == "truncated_sse":
-            # Not a stream: the closest thing is a complete HTTP body holding half a document.
-            return web.Response(body=payload[: len(payload) // 2], content_type=_JSON)
-        if mode == "reset_mid_stream":
-            response = web.StreamResponse(headers={"Content-Type": _JSON})
-            response.content_length = len(payload)
-            await response.prepare(request)
-            await response.write(payload[: len(payload) // 2])
-            _abort(request)
-            return response
-        return web.Response(body=payload, content_type=_JSON)
-
-    async def _fault_before_answer(
-        self, request: web.BaseRequest, mode: FaultMode, plan: FaultPlan
-    ) -> web.StreamResponse | None:
-        if mode == "http_500":
-            return _error(500, "mock: internal server error", "server_error")
-        if mode == "http_503":
-            return _error(503, "mock: the engine is currently overloaded", "server_error")
-        if mode == "http_429":
-            retry_after = plan.retry_after_s
-            header = (
-                str(int(retry_after)) if retry_after == int(retry_after) else f"{retry_after:g}"
-            )
-            return _error(
-                429,
-                "mock: rate limit reached",
-                "rate_limit_exceeded",
-                headers={"Retry-After": header},
-            )
-        if mode == "timeout":
-            # Hold the request; handler_cancellation ends this early if the client leaves.
-            await asyncio.sleep(plan.timeout_s)
-            _abort(request)
-            return web.Response(status=504)
-        return None
+        return await self._json_answer(request, mode, payload)
 
     async def _stream(
         self,
@@ -850,23 +630,7 @@ class MockOpenAIServer:
             # Keep the role chunk and some content; drop the finish and [DONE].
             events = events[: max(2, (len(events) - 3) // 2 + 1)]
 
-        response = web.StreamResponse(headers=_SSE_HEADERS)
-        try:
-            await response.prepare(request)
-            if self.token_delay_s <= 0:
-                await response.write(b"".join(events))
-            else:
-                for index, event in enumerate(events):
-                    if index:
-                        await asyncio.sleep(self.token_delay_s)
-                    await response.write(event)
-            if mode == "reset_mid_stream":
-                _abort(request)
-                return response
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client left: nothing to answer
-        return response
+        return await self._write_stream(request, mode, events)
 
     async def _embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
         self.stats.embedding_requests += 1
@@ -898,107 +662,37 @@ class MockOpenAIServer:
             "model": body.model or DEFAULT_EMBEDDING_MODEL,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
-        return web.Response(body=_encode(payload), content_type=_JSON)
+        return web.Response(body=_encode(payload), content_type=JSON)
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "roost-mock"}
             for name in (self.model, DEFAULT_EMBEDDING_MODEL)
         ]
-        return web.Response(body=_encode({"object": "list", "data": data}), content_type=_JSON)
-
-    # control endpoints
-
-    async def _set_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            plan = FaultPlan.from_dict(msgspec.json.decode(await request.read()))
-        except (msgspec.DecodeError, ValueError, TypeError) as exc:
-            return _error(400, f"invalid fault plan: {exc}", "invalid_request_error")
-        self.faults.set(plan)
-        return web.Response(body=_encode(plan.to_dict()), content_type=_JSON)
-
-    async def _clear_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.faults.clear()
-        return web.Response(status=204)
-
-    async def _get_faults(self, request: web.BaseRequest) -> web.StreamResponse:
-        data = {**self.faults.plan.to_dict(), "remaining": self.faults.remaining}
-        return web.Response(body=_encode(data), content_type=_JSON)
-
-    async def _get_stats(self, request: web.BaseRequest) -> web.StreamResponse:
-        return web.Response(body=_encode(self.stats.to_dict(self.faults)), content_type=_JSON)
-
-    async def _reset(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.reset()
-        return web.Response(status=204)
-
-    def reset(self) -> None:
-        """Clear the fault plan and the counters (open requests and connections stay)."""
-        self.faults.clear()
-        self.faults.reset_stats()
-        self.stats.reset()
-        self._last_raw = None
-
-
-def _abort(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
+        return web.Response(body=_encode({"object": "list", "data": data}), content_type=JSON)
 
 
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _raise_open_files_limit() -> None:
-    # Each client connection is a file descriptor: C10K needs more than the usual soft 1024.
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Windows
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    server = MockOpenAIServer(
-        host=args.host,
-        port=args.port,
-        latency_s=args.latency_ms / 1000.0,
-        token_delay_s=args.token_delay_ms / 1000.0,
-        model=args.model,
-        backlog=args.backlog,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signum, stop.set)
-    async with server:
-        print(f"listening on {server.url}", flush=True)
-        await stop.wait()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    run_cli(
+        argv,
         prog="python -m roost.testing.mock_openai",
         description="A mock OpenAI-compatible server (deterministic answers, injectable faults).",
+        port=8001,
+        model=DEFAULT_MODEL,
+        between="chunks",
+        backlog=True,
+        make_server=lambda args: MockOpenAIServer(
+            host=args.host,
+            port=args.port,
+            latency_s=args.latency_ms / 1000.0,
+            token_delay_s=args.token_delay_ms / 1000.0,
+            model=args.model,
+            backlog=args.backlog,
+        ),
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="wait before the first byte")
-    parser.add_argument("--token-delay-ms", type=float, default=0.0, help="wait between chunks")
-    parser.add_argument("--backlog", type=int, default=4096, help="listen() backlog")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name to report")
-    args = parser.parse_args(argv)
-    _raise_open_files_limit()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a default dependency off Windows
-        asyncio.run(_serve(args))
-    else:
-        uvloop.run(_serve(args))
 
 
 if __name__ == "__main__":
