@@ -212,6 +212,9 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--max-running", type=int, default=None)
     parser.add_argument("--max-queued", type=int, default=None)
+    parser.add_argument("--adaptive", action="store_true",
+                        help="turn on the adaptive (Gradient2) running limit, with "
+                             "--max-running as its ceiling")
     add_common_arguments(parser)
     args = parser.parse_args()
     raise_nofile()
@@ -238,6 +241,8 @@ def main() -> None:
     sessions = math.ceil(admitted_max * args.duration_s / 3 * 1.5) + max_running + max_queued
 
     config = admission_toml(max_running=max_running, max_queued=max_queued)
+    if args.adaptive:  # the Gradient2 limiter finds the running limit, max_running its ceiling
+        config += "adaptive = true\n"
     with Stack(latency_ms=args.latency_ms, nice=args.nice, config=config,
                store=args.store) as stack:
         # Warm-up within the limits, so the counters below are the overload's own.
@@ -272,6 +277,7 @@ def main() -> None:
         "utilisation_target": args.utilisation,
         "max_running": max_running,
         "max_queued": max_queued,
+        "adaptive": args.adaptive,
         **summary,
         **lag.summary(),
         "p99_target_ms": 2 * floor_s * 1000,
