@@ -206,6 +206,22 @@ async def test_access_log_line_and_trace_id_without_tracing() -> None:
     assert "SECRET123" not in out.getvalue()
 
 
+async def test_log_lines_of_a_traced_request_carry_its_server_span() -> None:
+    obs, exporter = traced()
+    with captured_logs() as out:
+        async with client(obs) as http:
+            await http.get("/v1/sessions/s1", headers={"traceparent": TRACEPARENT,
+                                                       "X-Request-ID": "req-9"})
+    (span,) = exporter.get_finished_spans()
+    assert span.context is not None
+    lines = [x for x in json_lines(out) if x["logger"].startswith("roost")]
+    assert [x["logger"] for x in lines] == ["roost.server", "roost.access"]
+    for line in lines:
+        assert line["request_id"] == "req-9"
+        assert line["trace_id"] == REMOTE_TRACE
+        assert line["span_id"] == f"{span.context.span_id:016x}"
+
+
 async def test_access_log_can_be_turned_off() -> None:
     obs = Observability(ObservabilityConfig(access_log=False))
     with captured_logs() as out:

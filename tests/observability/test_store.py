@@ -236,8 +236,6 @@ def test_nothing_to_measure_returns_the_store_itself() -> None:
     assert obs.instrument_store(inner) is inner
 
 
-@pytest.mark.xfail(strict=True, reason="needs Observability.instrument_store to pass its tracer "
-                   "only when config.trace_store is on (observability/__init__.py, issue 5)")
 async def test_store_spans_only_with_trace_store() -> None:
     for trace_store in (False, True):
         obs, exporter = traced(ObservabilityConfig(trace_store=trace_store))

@@ -3,6 +3,7 @@ export over OTLP/HTTP from OTEL_* env vars, sampling, W3C parsing."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -195,6 +196,19 @@ def test_encode_otlp_writes_the_stock_encoders_bytes() -> None:
     assert encode_otlp(spans) == encoded
 
 
+def test_encode_otlp_caches_never_change_its_output() -> None:
+    provider, exporter = provider_with_exporter()
+    starter = lean(provider)
+    for i in range(100):  # ids: a new value each time; models: a few, over and over
+        starter.start(f"chat m{i % 3}", SpanKind.CLIENT, {
+            "gen_ai.request.model": f"m{i % 3}", "roost.run_id": f"run-{i}",
+            "url.path": "/x" * (i % 80)}).end()
+    spans = exporter.get_finished_spans()
+    for start in range(0, 100, 25):
+        batch = spans[start:start + 25]
+        assert encode_otlp(batch) == encode_spans(batch).SerializeToString()
+
+
 def test_an_attribute_the_encoder_cannot_write_is_dropped_not_the_batch(
         caplog: pytest.LogCaptureFixture) -> None:
     provider, exporter = provider_with_exporter()
@@ -273,6 +287,7 @@ def test_a_lean_span_records_what_the_sdk_span_records() -> None:
     expected, got = exporter.get_finished_spans()
     assert type(got) is LeanSpan
     assert summary(got) == summary(expected)
+    assert json.loads(got.to_json()).keys() == json.loads(expected.to_json()).keys()
     assert got.attributes is not None and got.attributes["object"] == "opaque!"
     assert got.attributes["long"] == "abcd"  # max_span_attribute_length
     assert got.dropped_attributes == expected.dropped_attributes > 0

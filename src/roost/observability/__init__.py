@@ -32,7 +32,7 @@ try:
     import structlog  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        f"roost.observability needs its extra: pip install 'roost[observability]' ({exc})"
+        f"roost.observability needs prometheus-client, structlog and opentelemetry-sdk ({exc})"
     ) from exc
 
 from opentelemetry import trace
@@ -135,10 +135,12 @@ class Observability:
         return ObservabilityMiddleware(app, self)
 
     def instrument_store(self, store: Store) -> Store:
-        """`store`, timed per operation (and traced). Unchanged when nothing is measured."""
-        if self.metrics is None and self.tracer is None:
+        """`store`, timed per operation (and traced with `trace_store`: store spans are the
+        most numerous, ~0.1 ms a turn). Unchanged when nothing is measured."""
+        tracer = self.tracer if self.config.trace_store else None
+        if self.metrics is None and tracer is None:
             return store
-        return InstrumentedStore(store, metrics=self.metrics, tracer=self.tracer)
+        return InstrumentedStore(store, metrics=self.metrics, tracer=tracer)
 
     def register_stats(
         self,

@@ -9,8 +9,9 @@ Per HTTP request (and WebSocket connection):
 
 - `X-Request-ID` is taken from the request when well-formed, else generated, and echoed on the
   response; it is bound into the log context with the trace id for everything the request logs.
-- An incoming W3C `traceparent` is continued by a server span `{method} {route}`; with tracing
-  off its trace id still goes into the logs.
+- An incoming W3C `traceparent` is continued by a server span `{method} {route}`, current
+  while the app runs (log lines carry its trace and span ids); with tracing off the header's
+  trace id still goes into the logs.
 - `roost_http_requests_total{route,method,status}` and `roost_http_request_duration_seconds`
   label by route *template* (`/v1/sessions/{session_id}`), never the raw path: bounded series.
   Requests no route matched are labelled "unmatched". Duration runs to the last byte sent, so
@@ -92,11 +93,9 @@ class ObservabilityMiddleware:
                     tracestate.decode("latin-1") if tracestate is not None else None)
             span = spans.start(method, SpanKind.SERVER, _request_attributes(scope, method),
                                parent)
-            # Current for the app: a run the request starts is a child of this span.
+            # Current for the app: a run the request starts is a child of this span. Log lines
+            # take their trace and span ids from the current span: nothing to bind.
             ctx_token = tracing.attach(span)
-            span_context = span.get_span_context()
-            if span_context.is_valid:
-                trace_id = format(span_context.trace_id, "032x")
         elif traceparent is not None:
             trace_id = tracing.trace_id_of(traceparent.decode("latin-1"))
         rid = request_id.decode("ascii")

@@ -268,7 +268,7 @@ class LeanTracer:
             trace_id, _, remote, flags, trace_state, _ = parent_ctx
             random_id = flags & _RANDOM_BIT != 0
         else:
-            parent_ctx = None
+            parent_ctx, remote, flags = None, False, _FLAGS[0][0]
             trace_id = self._ids.generate_trace_id()
             random_id = self._random_ids
         if parent_ctx is not None and (self._follow_remote_parent if remote
@@ -539,10 +539,12 @@ _LOCAL_PARENT, _REMOTE_PARENT = b"\x85\x01\x00\x01\x00\x00", b"\x85\x01\x00\x03\
 _LINK_LOCAL, _LINK_REMOTE = b"\x35\x00\x01\x00\x00", b"\x35\x00\x03\x00\x00"
 # An UNSET status (an empty Status message, as the stock encoder writes it), then the flags.
 _UNSET_AND_LOCAL, _UNSET_AND_REMOTE = b"\x7a\x00" + _LOCAL_PARENT, b"\x7a\x00" + _REMOTE_PARENT
-# Encoded span attributes by key, then string value: GenAI and HTTP ones repeat on most
-# spans. A key seen with many values (an id) is marked None and never cached again.
-_CACHE_LIMIT = 4096
+# Encoded span attributes by key, then (short) string value: GenAI and HTTP ones repeat on
+# most spans. A key seen with many values (an id) is marked None and never cached again.
+# Bounded: 512 keys x 32 values x 128 characters, and as many span names.
+_CACHE_LIMIT = 512
 _VALUES_PER_KEY = 32
+_CACHED_LENGTH = 128
 _UNCACHED: Any = object()
 _field_cache: dict[str, dict[str, bytes] | None] = {}
 _name_cache: dict[str, bytes] = {}
@@ -634,7 +636,7 @@ def _attributes(tag: bytes, attributes: types.Attributes, out: list[bytes]) -> N
 def _span_attributes(attributes: Mapping[str, Any], out: list[bytes]) -> None:
     """`_attributes` of a span, with the fields of few-valued string attributes cached."""
     for key, value in attributes.items():
-        if type(value) is str:
+        if type(value) is str and len(value) <= _CACHED_LENGTH:
             known = _field_cache.get(key, _UNCACHED)
             if known is _UNCACHED:
                 known = _field_cache[key] = {} if len(_field_cache) < _CACHE_LIMIT else None
@@ -678,9 +680,11 @@ def _span(span: ReadableSpan) -> bytes:
         out.append(_PARENT_ID(b"\x22\x08", parent.span_id))
     encoded_name = _name_cache.get(name)
     if encoded_name is None:
-        if len(_name_cache) >= _CACHE_LIMIT:
-            _name_cache.clear()
-        encoded_name = _name_cache[name] = _string(b"\x2a", name)
+        encoded_name = _string(b"\x2a", name)
+        if len(name) <= _CACHED_LENGTH:
+            if len(_name_cache) >= _CACHE_LIMIT:
+                _name_cache.clear()
+            _name_cache[name] = encoded_name
     out += (encoded_name, _KIND_TIMES(0x30, kind.value + 1, 0x39, start or 0, 0x41, end or 0))
     _span_attributes(attributes, out)
     if dropped:
