@@ -44,7 +44,7 @@ def _build(url: str, **options: object) -> Store:
     if scheme == "memory":
         from roost.sessions.memory import MemoryStore
 
-        return MemoryStore(**options)  # type: ignore[arg-type]
+        return MemoryStore(**options)
     if scheme == "sqlite":
         from roost.sessions.sqlite import SQLiteStore
 
