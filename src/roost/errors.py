@@ -18,7 +18,8 @@
     ├── Unavailable                  a dependency is unreachable (503)
     │   └── StoreUnavailable
     ├── StoreError                   a store contract failure
-    │   └── VersionConflict          compare-and-set lost: someone appended first
+    │   ├── VersionConflict          compare-and-set lost: someone appended first
+    │   └── SessionMoved             another writer appended to the session's log
     ├── RunFailure                   why a run ended badly; becomes `run.failed` with `type`
     │   ├── ModelError               provider failed (status, retryable)
     │   ├── ToolError                a tool raised or timed out (returned to the model)
@@ -150,6 +151,13 @@ class VersionConflict(StoreError):
         self.session_id = session_id
         self.expected = expected
         self.actual = actual
+
+
+class SessionMoved(StoreError):
+    """The session's log moved on under a run (another writer appended): the run must not
+    interleave with it."""
+
+    type = "session_moved"
 
 
 class RunFailure(RoostError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from roost.errors import (
     ModelError,
     RoostError,
     RunFailure,
+    SessionMoved,
     StoreError,
     VersionConflict,
 )
@@ -71,6 +72,10 @@ class RunContext:
     events: list[Event] = field(default_factory=list)
     # Where tool results over the agent's size limit go (None: they are truncated).
     artifacts: ArtifactStore | None = None
+    # Reloads the session and returns fresh context messages (instructions + history), for a
+    # run whose cached session turned out stale before it wrote anything (shared stores:
+    # another instance ran the previous turn). None: a stale session fails the run.
+    reload: Callable[[], Awaitable[list[Message]]] | None = None
 
 
 class Runner:
@@ -116,11 +121,23 @@ class Runner:
         ctx.run.status = "running"
         user = Message(role="user", content=ctx.run.input)
         ctx.messages.append(user)
-        await self._append([
-            Event(type="run.started", run_id=ctx.run.id,
-                  data={"input": ctx.run.input, "agent": ctx.agent.name, "attempt": ctx.run.attempt}),
-            Event(type="message", run_id=ctx.run.id, data=message_event_data(user)),
-        ], with_run=True)
+
+        def first_step() -> list[Event]:
+            return [Event(type="run.started", run_id=ctx.run.id,
+                          data={"input": ctx.run.input, "agent": ctx.agent.name,
+                                "attempt": ctx.run.attempt}),
+                    Event(type="message", run_id=ctx.run.id, data=message_event_data(user))]
+
+        try:
+            await self._append(first_step(), with_run=True)
+        except SessionMoved:
+            # Nothing of this run is written yet, and the caller holds the session (a store
+            # lease): the log moved because another instance ran the previous turn. Catch up
+            # on it and start again, instead of reading the session before every turn.
+            if ctx.reload is None:
+                raise
+            ctx.messages[:] = [*await ctx.reload(), user]
+            await self._append(first_step(), with_run=True)
 
     async def _steps(self) -> None:
         ctx = self.ctx
@@ -276,7 +293,7 @@ class Runner:
             except VersionConflict:
                 fresh = await ctx.store.get_session(ctx.run.tenant, session.id)
                 if fresh.last_seq != session.last_seq:
-                    raise StoreError(
+                    raise SessionMoved(
                         f"session {session.id} was appended to by another writer; "
                         "refusing to interleave turns") from None
                 session.version = fresh.version

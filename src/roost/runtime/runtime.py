@@ -404,9 +404,10 @@ class Runtime:
             await slot.acquire()
             acquired_at = time.monotonic()
             if self._shared:
+                # No read of the session here: if another instance moved it on, the run's
+                # first append says so and the run catches up then (RunContext.reload).
                 async with asyncio.timeout_at(deadline):
                     leased = await self._take_lease(run, hosted)
-                    await self._refresh(entry)
             await self._execute(handle, hosted, entry, deadline)
             policy = hosted.agent.policies.compaction
             if (run.status == "completed" and policy is not None
@@ -452,7 +453,8 @@ class Runtime:
                          run=handle.run, messages=messages, deadline=deadline,
                          emit=handle.channel.publish, stream=handle.stream, hooks=self.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
-                         artifacts=self.artifacts)
+                         artifacts=self.artifacts,
+                         reload=(lambda: self._reload(hosted, entry)) if self._shared else None)
         handle.ctx = ctx
         handle.started = True
         try:
@@ -544,16 +546,15 @@ class Runtime:
             with contextlib.suppress(RoostError):
                 await self.store.acquire_lease(run.tenant, run.session_id, self.instance_id, ttl)
 
-    async def _refresh(self, entry: CachedSession) -> None:
-        """With a shared store another instance may have moved the session on."""
+    async def _reload(self, hosted: HostedAgent, entry: CachedSession) -> list[Message]:
+        """Catch up with a session another instance moved on; the context to run with."""
         fresh = await self.store.get_session(entry.session.tenant, entry.session.id)
-        if fresh.version != entry.session.version:
-            moved = fresh.last_seq != entry.session.last_seq
-            entry.session.version = fresh.version
-            entry.session.last_seq = fresh.last_seq
-            entry.session.state = fresh.state
-            if moved:
-                entry.history = await self._history(fresh)
+        # In place: the run holds this object and appends with its version.
+        entry.session.version = fresh.version
+        entry.session.last_seq = fresh.last_seq
+        entry.session.state = fresh.state
+        entry.history = await self._history(fresh)
+        return [hosted.system, *entry.history] if hosted.system else list(entry.history)
 
     # -- runs -----------------------------------------------------------------------------
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
