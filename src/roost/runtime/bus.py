@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from itertools import islice
 
 from roost.sessions.records import Event
 
@@ -26,7 +27,7 @@ class RunChannel:
     def __init__(self, max_buffer: int = 1024) -> None:
         self._events: deque[Event] = deque(maxlen=max_buffer)
         self._offset = 0  # absolute index of _events[0]
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[object]] = []
         self.closed = False
 
     @property
@@ -54,11 +55,21 @@ class RunChannel:
 
     async def follow(self, *, after_seq: int = 0,
                      idle_s: float | None = None) -> AsyncIterator[Event | None]:
-        """Yield events from the start of the buffer until the channel closes.
+        """`batches`, one event at a time; None where a batch is empty (heartbeats)."""
+        async for batch in self.batches(after_seq=after_seq, idle_s=idle_s):
+            if not batch:
+                yield None
+            for event in batch:
+                yield event
+
+    async def batches(self, *, after_seq: int = 0,
+                      idle_s: float | None = None) -> AsyncIterator[list[Event]]:
+        """Yield the events from the start of the buffer, as many as are there at a time,
+        until the channel closes.
 
         With `after_seq` (a reader catching up after reading the log), persisted events up to
         it are skipped, and so are the deltas before the first newer one (their message is in
-        the log). With `idle_s`, yields None after that long without an event (heartbeats).
+        the log). With `idle_s`, yields [] after that long without an event (heartbeats).
         """
         position = self._offset
         last_seq = after_seq
@@ -69,33 +80,47 @@ class RunChannel:
             first = next((e.seq for e in self._events if e.seq), None)
             if first is not None and first > after_seq + 1:
                 raise ChannelLagged(after_seq)
+        loop = asyncio.get_running_loop()
         while True:
             if position < self._offset:
                 raise ChannelLagged(last_seq)
-            while position < self.published:
-                event = self._events[position - self._offset]
-                position += 1
-                if event.seq:
-                    if event.seq <= after_seq:
+            if position < self.published:
+                batch: list[Event] = []
+                for event in islice(self._events, position - self._offset, None):
+                    if event.seq:
+                        if event.seq <= after_seq:
+                            continue
+                        catching_up = False
+                        last_seq = event.seq
+                    elif catching_up:
                         continue
-                    catching_up = False
-                    last_seq = event.seq
-                elif catching_up:
-                    continue
-                yield event
-                if position < self._offset:
-                    raise ChannelLagged(last_seq)
+                    batch.append(event)
+                position = self.published
+                if batch:
+                    yield batch
+                continue
             if self.closed:
                 return
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
+            # A timer, not asyncio.wait: a stream waits like this between every two events
+            # and every two heartbeats, thousands of streams at once.
+            timer = None if idle_s is None else loop.call_later(idle_s, _idle, waiter)
             try:
-                if idle_s is None:
-                    await waiter
-                else:
-                    done, _ = await asyncio.wait((waiter,), timeout=idle_s)
-                    if not done:
-                        yield None
+                if await waiter is _IDLE:
+                    if waiter in self._waiters:  # (a publish since the timer took it out)
+                        self._waiters.remove(waiter)
+                    yield []
             finally:
+                if timer is not None:
+                    timer.cancel()
                 if not waiter.done():
                     waiter.cancel()
+
+
+_IDLE = object()
+
+
+def _idle(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_IDLE)

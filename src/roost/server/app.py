@@ -15,6 +15,7 @@ from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.limits import BodySizeLimit
 from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions, usage
+from roost.server.turns import TurnEndpoint
 
 
 def create_app(runtime: Runtime, observability: Observability | None = None) -> FastAPI:
@@ -48,6 +49,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     problems.install(app)
     for module in (health, agents, sessions, runs, artifacts, admin, usage):
         app.include_router(module.router)
+    # Innermost first: the turn hot path sits inside the body limit and observability.
+    app.add_middleware(TurnEndpoint, runtime=runtime, tenant_header=settings.server.tenant_header)
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         app.state.observability = observability

@@ -60,29 +60,43 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def error_response(exc: RoostError, method: str, path: str) -> Response:
+    """A RoostError raised while serving `method path`; server-side failures are logged."""
+    if exc.status >= 500 and not isinstance(exc, Overloaded):
+        log.warning("%s %s: %s", method, path, exc.message)
+    return roost_error_response(exc)
+
+
+def malformed_json(reason: str, position: int | None) -> Response:
+    """400: the body is not (strict) JSON; `reason` and `position` from the parser."""
+    return problem(400, "malformed_json",
+                   f"the request body is not valid JSON: {reason}".rstrip(": "),
+                   field="body", errors=[{"field": "body", "message": str(reason),
+                                         "type": "json_invalid", "position": position}])
+
+
+def invalid_body(raw: list[Any]) -> Response:
+    """422 from Pydantic's errors (`ValidationError.errors()`), naming the first field."""
+    errors = [{"field": _location(e.get("loc", ())), "message": e.get("msg", "invalid"),
+               "type": e.get("type", "invalid")} for e in raw]
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    return problem(422, "invalid_input", f"{first['field']}: {first['message']}",
+                   field=first["field"], errors=errors)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RoostError)
     async def _roost(request: Request, exc: RoostError) -> Response:
-        if exc.status >= 500 and not isinstance(exc, Overloaded):
-            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        return roost_error_response(exc)
+        return error_response(exc, request.method, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         raw = exc.errors()
         invalid_json = next((e for e in raw if e.get("type") == "json_invalid"), None)
         if invalid_json is not None:
-            reason = (invalid_json.get("ctx") or {}).get("error", "")
-            position = invalid_json.get("loc", ("body", None))[-1]
-            return problem(400, "malformed_json",
-                           f"the request body is not valid JSON: {reason}".rstrip(": "),
-                           field="body", errors=[{"field": "body", "message": str(reason),
-                                                 "type": "json_invalid", "position": position}])
-        errors = [{"field": _location(e.get("loc", ())), "message": e.get("msg", "invalid"),
-                   "type": e.get("type", "invalid")} for e in raw]
-        first = errors[0] if errors else {"field": "body", "message": "invalid"}
-        return problem(422, "invalid_input", f"{first['field']}: {first['message']}",
-                       field=first["field"], errors=errors)
+            return malformed_json((invalid_json.get("ctx") or {}).get("error", ""),
+                                  invalid_json.get("loc", ("body", None))[-1])
+        return invalid_body(list(raw))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -78,17 +78,24 @@ class RunEventStream(Response):
         run = self.handle.run
         while True:
             try:
-                async for event in self.handle.channel.follow(after_seq=after,
-                                                              idle_s=self.heartbeat_s):
-                    if event is None:
-                        await send({"type": "http.response.body", "body": b": heartbeat\n\n",
-                                    "more_body": True})
+                async for batch in self.handle.channel.batches(after_seq=after,
+                                                               idle_s=self.heartbeat_s):
+                    if not batch:
+                        await send(_HEARTBEAT)
                         continue
-                    await send({"type": "http.response.body", "body": frame(event),
+                    # Everything published since the last write goes out in one write.
+                    frames = []
+                    ended = False
+                    for event in batch:
+                        frames.append(frame(event))
+                        if event.seq:
+                            after = event.seq
+                        if event.type in TERMINAL_EVENTS and event.run_id == run.id:
+                            ended = True
+                            break
+                    await send({"type": "http.response.body", "body": b"".join(frames),
                                 "more_body": True})
-                    if event.seq:
-                        after = event.seq
-                    if event.type in TERMINAL_EVENTS and event.run_id == run.id:
+                    if ended:
                         return
                 return
             except ChannelLagged as lag:
@@ -106,6 +113,9 @@ class RunEventStream(Response):
                         break
                 if run.status in TERMINAL_STATUSES and self.handle.done.done():
                     return
+
+
+_HEARTBEAT = {"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True}
 
 
 async def _wait_disconnect(receive: Receive) -> None:
