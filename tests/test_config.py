@@ -235,3 +235,21 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "absent.toml")
     assert "absent.toml" in caught.value.message
     assert caught.value.problems[0][0] == "(file)"
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), [
+    ("gc_thresholds = [20000, 0, 100]", "server.gc_thresholds", "at least 1"),
+    ("gc_thresholds = [1, 2]", "server.gc_thresholds.2", "required"),
+    ("gc_thresholds = 700", "server.gc_thresholds", "tuple"),
+])
+def test_gc_thresholds_are_checked(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    problems = problems_of(tmp_path, "roost.toml", f"[server]\n{text}\n")
+    assert list(problems) == [key]
+    assert fragment in problems[key]
+
+
+def test_gc_thresholds_can_be_left_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOST_SERVER__GC_THRESHOLDS", "null")
+    assert load_settings().server.gc_thresholds is None
+    monkeypatch.setenv("ROOST_SERVER__GC_THRESHOLDS", "[5000, 10, 50]")
+    assert load_settings().server.gc_thresholds == (5000, 10, 50)

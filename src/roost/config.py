@@ -51,6 +51,16 @@ class ServerConfig(_Section):
     shutdown_grace_s: float = Field(30.0, ge=0, description="in-flight runs' grace on SIGTERM")
     max_list_limit: int = Field(200, ge=1)
     backlog: int = Field(4096, ge=16, description="listen backlog (the kernel may cap it)")
+    # Python's garbage collector thresholds (gen0 allocations, gen1 and gen2 collection
+    # counts), set at start-up; None keeps the interpreter's (700, 10, 10). See `app.py`.
+    gc_thresholds: tuple[int, int, int] | None = (20_000, 20, 100)
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is not None and min(value) < 1:
+            raise ValueError("every threshold must be at least 1 (None: Python's defaults)")
+        return value
 
 
 class StoreConfig(_Section):
