@@ -1,7 +1,8 @@
 """Overload: offer 3x what the server sustains and check admitted turns stay fast.
 
-    .venv/bin/python bench/overload.py --nice -10           # calibrate, then 3x for 20 s
-    .venv/bin/python bench/overload.py --capacity 730 --max-running 14 --max-queued 0
+    .venv/bin/python bench/overload.py                      # calibrate, then 3x for 20 s
+    .venv/bin/python bench/overload.py --capacity 780 --max-queued 0
+    .venv/bin/python bench/overload.py --capacity 780 --static --max-running 64 --max-queued 0
 
 1. Calibrate (skipped with --capacity), on a server with generous limits:
    - capacity: a closed loop of --calibrate-concurrency clients runs reference turns
@@ -11,8 +12,10 @@
      empty (every one a 429 decided by admission) for 3 s;
    - an admitted turn's CPU at the rate the overload run will admit (open loop, 4 s; cheaper
      per turn at saturation, where work batches, than at a moderate rate).
-2. Overload: a fresh server with the admission limits under test (from the calibration by
-   `size_limits`, or --max-running/--max-queued); Poisson arrivals at --factor x capacity for
+2. Overload: a fresh server with the admission limits under test: by default the adaptive
+   limit (`adaptive = true`, the machine's default max_running as its ceiling); with
+   --static a fixed one (from the calibration by `size_limits`, or --max-running;
+   --max-queued either way); Poisson arrivals at --factor x capacity for
    --duration-s, each on its own request (an open loop: the server's slowness does not slow
    the offered load), from a lean HTTP client on core 1 beside the mock.
 
@@ -57,6 +60,8 @@ from common import (
     run,
     stop_process,
 )
+
+from roost.runtime.admission import AdmissionLimits
 
 # Calibration times refusals with a tenant whose rate bucket never refills.
 PROBE_HEADER, PROBE_TENANT = "X-Tenant", "probe"
@@ -212,9 +217,9 @@ def main() -> None:
     parser.add_argument("--store", default=None, help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--max-running", type=int, default=None)
     parser.add_argument("--max-queued", type=int, default=None)
-    parser.add_argument("--adaptive", action="store_true",
-                        help="turn on the adaptive (Gradient2) running limit, with "
-                             "--max-running as its ceiling")
+    parser.add_argument("--static", action="store_true",
+                        help="a fixed running limit sized by `size_limits` (or --max-running) "
+                             "instead of the adaptive one")
     add_common_arguments(parser)
     args = parser.parse_args()
     raise_nofile()
@@ -234,14 +239,20 @@ def main() -> None:
     rate = args.factor * capacity
     auto_running, auto_queued = size_limits(rate, floor_s, turn_cpu_ms / 1000,
                                             refusal_cpu_ms / 1000, args.utilisation)
-    max_running = args.max_running or auto_running
+    adaptive = not args.static
+    if adaptive:
+        # What `adaptive = true` gives with nothing else set: the machine's default
+        # max_running as the ceiling, the limiter finds the level below it.
+        max_running = args.max_running or AdmissionLimits.from_machine().max_running
+    else:
+        max_running = args.max_running or auto_running
     max_queued = auto_queued if args.max_queued is None else args.max_queued
     # Admitted turns each need a session (three turns apiece, as in the reference).
-    admitted_max = max_running / (floor_s * TIME_IN_SERVER)
+    admitted_max = min(max_running / (floor_s * TIME_IN_SERVER), capacity)
     sessions = math.ceil(admitted_max * args.duration_s / 3 * 1.5) + max_running + max_queued
 
     config = admission_toml(max_running=max_running, max_queued=max_queued)
-    if args.adaptive:  # the Gradient2 limiter finds the running limit, max_running its ceiling
+    if adaptive:
         config += "adaptive = true\n"
     with Stack(latency_ms=args.latency_ms, nice=args.nice, config=config,
                store=args.store) as stack:
@@ -277,7 +288,8 @@ def main() -> None:
         "utilisation_target": args.utilisation,
         "max_running": max_running,
         "max_queued": max_queued,
-        "adaptive": args.adaptive,
+        "adaptive": adaptive,
+        "adaptive_limit_end": stats.get("limits", {}).get("adaptive_limit"),
         **summary,
         **lag.summary(),
         "p99_target_ms": 2 * floor_s * 1000,

@@ -107,7 +107,12 @@ class AdmissionConfig(_Section):
     max_queued: int | None = Field(None, ge=0)
     default_quota: TenantQuotaConfig = Field(default_factory=lambda: TenantQuotaConfig())
     tenants: dict[str, TenantQuotaConfig] = Field(default_factory=dict)
+    # The running limit follows the event loop's load (runtime/adaptive.py); max_running
+    # stays its ceiling.
     adaptive: bool = False
+    adaptive_target_busy: float = Field(0.75, gt=0, le=1,
+                                        description="loop CPU share above which it shrinks")
+    adaptive_max_lag_s: float = Field(0.025, gt=0, description="loop lag above which it shrinks")
 
 
 class RuntimeConfig(_Section):

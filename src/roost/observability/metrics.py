@@ -167,6 +167,12 @@ STATS: dict[str, StatsSpec] = {
     "queue_depth": StatsSpec(("tenant", "priority"), "Runs waiting for admission."),
     "runs_running": StatsSpec(("tenant",), "Runs admitted and executing, per tenant."),
     "admission_rejections_total": StatsSpec(("reason",), "Runs refused by admission control."),
+    "admission_running_limit": StatsSpec((), "Running runs admission allows now (adaptive or "
+                                         "max_running)."),
+    "event_loop_busy_ratio": StatsSpec((), "Share of the event loop thread's time on CPU, last "
+                                       "sample.", "max"),
+    "event_loop_lag_seconds": StatsSpec((), "How late the event loop ran a timer, last sample.",
+                                        "max"),
     "sessions_active": StatsSpec((), "Sessions with a run in progress."),
     "sessions_cached": StatsSpec((), "Sessions held in the in-memory cache."),
     "sessions_cached_bytes": StatsSpec((), "Approximate bytes held by the session cache."),

@@ -1,32 +1,37 @@
-"""An adaptive concurrency limit: Gradient2, after Netflix's concurrency-limits.
+"""An adaptive concurrency limit driven by the event loop's own load.
 
-A fixed `max_running` is a guess. Gradient2 measures instead: it compares the latency of each
-finished run (the *short* RTT, one sample) with a slow exponential average of past latencies
-(the *long* RTT, ~`long_window` samples) and moves the limit by their ratio:
+A fixed `max_running` is a guess: right for one model latency, far off for another. With a
+50 ms model the default 512 running runs saturate the loop and p99 climbs to tens of seconds;
+with a 10 s model 512 is too few. The limit has to follow what the process can do.
 
-    gradient  = clamp(tolerance * long_rtt / short_rtt, 0.5, 1.0)
-    new_limit = limit * gradient + queue_size                 # queue_size: sqrt(limit) default
-    limit     = limit * (1 - smoothing) + new_limit * smoothing, bounded [min_limit, max_limit]
+Why not the runs' latency (Gradient2, TCP Vegas)? An agent run's latency is mostly the
+model's, and that varies tenfold with the length of the answer, not with this process's
+load; Gradient2's slow average follows a sustained rise, so it read a saturated loop as the
+new normal and let the limit climb to its ceiling (bench/overload.py --adaptive: p99 35 s,
+before this limiter). What the admission limit protects is the event loop, so it measures
+the loop, every `interval_s`:
 
-When latency is flat the gradient is 1 and the limit creeps up by `queue_size` (smoothed):
-it probes for more capacity. When runs slow down past `tolerance` (1.5: 50% slower than the
-long-term average) the gradient drops below 1 and the limit shrinks, at most halving per
-sample, so work waits in the admission queue (where it is fair, bounded and cancellable)
-instead of piling onto a saturated model provider. If the long average drifted far above the
-present (after a long overload), it is pulled down 5% per sample so recovery does not wait for
-the slow average. While fewer than half the permitted runs are in flight the system is
-"app-limited": samples say nothing about capacity, so the limit holds.
+* busy: the loop thread's CPU time over wall time (`time.thread_time()`; other threads,
+  such as the SQLite writer, are not counted);
+* lag: how late the sampler's own timer fired — everything on the loop waits that long.
 
-Failed runs are not samples (the caller passes ok=False): errors often return fast and would
-pull the short RTT down, loosening the limit exactly when a dependency is failing.
+Then AIMD, as TCP does: over `target_busy` or `max_lag_s`, the limit is cut by `decrease`
+(10% per sample: halved in ~0.7 s), and by more the further over the target the loop is
+(a third at 100% busy); under both while the limit is what holds work back
+(runs waiting in the queue or the limit reached), it grows by `increase` of itself, scaled by
+the headroom left (fast when idle, slow near the target). When nothing waits for a slot the
+limit holds: there is nothing to learn.
 
-    limiter = GradientLimiter(AdaptiveConfig(min_limit=10, max_limit=2000))
-    limit = limiter.on_sample(rtt=2.1, inflight=180)
+    limiter = LoadLimiter(AdaptiveConfig(max_limit=1000))
+    limit = limiter.on_load(busy=0.92, lag_s=0.004, wanting=True)   # cut
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from roost.errors import ConfigError
@@ -34,20 +39,20 @@ from roost.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveConfig:
-    """Bounds and tuning of the adaptive limit. Defaults follow Netflix's Gradient2."""
+    """Bounds and tuning of the adaptive limit."""
 
     initial_limit: int = 20
     min_limit: int = 1
     max_limit: int = 1000
-    # Weight of each new limit estimate; lower is steadier and slower.
-    smoothing: float = 0.2
-    # How much slower than the long-term average a run may be before the limit shrinks.
-    tolerance: float = 1.5
-    # Samples in the long-term latency average, and the first samples averaged plainly.
-    long_window: int = 600
-    warmup: int = 10
-    # Headroom added each update; None means sqrt(limit) (grows fast when small, slow when big).
-    queue_size: float | None = None
+    # Loop-thread CPU fraction above which the limit shrinks: headroom for bursts, and for
+    # the refusals an overloaded server still answers.
+    target_busy: float = 0.75
+    # Loop lag above which the limit shrinks, whatever the CPU says (e.g. another process
+    # took the core, or a long garbage collection).
+    max_lag_s: float = 0.025
+    interval_s: float = 0.1
+    decrease: float = 0.9
+    increase: float = 0.1
 
     def __post_init__(self) -> None:
         problems: list[tuple[str, str]] = []
@@ -57,50 +62,29 @@ class AdaptiveConfig:
             problems.append(("max_limit", "must be at least min_limit"))
         if not self.min_limit <= self.initial_limit <= self.max_limit:
             problems.append(("initial_limit", "must lie within [min_limit, max_limit]"))
-        if not 0.0 < self.smoothing <= 1.0:
-            problems.append(("smoothing", "must be in (0, 1]"))
-        if not self.tolerance >= 1.0:
-            problems.append(("tolerance", "must be at least 1"))
-        if self.long_window < 1:
-            problems.append(("long_window", "must be at least 1"))
-        if self.warmup < 0:
-            problems.append(("warmup", "must not be negative"))
-        if self.queue_size is not None and not self.queue_size >= 0.0:
-            problems.append(("queue_size", "must not be negative"))
+        if not 0.0 < self.target_busy <= 1.0:
+            problems.append(("target_busy", "must be in (0, 1]"))
+        if not self.max_lag_s > 0.0:
+            problems.append(("max_lag_s", "must be positive"))
+        if not self.interval_s > 0.0:
+            problems.append(("interval_s", "must be positive"))
+        if not 0.0 < self.decrease < 1.0:
+            problems.append(("decrease", "must be in (0, 1)"))
+        if not self.increase > 0.0:
+            problems.append(("increase", "must be positive"))
         if problems:
             raise ConfigError("invalid adaptive concurrency settings", problems)
 
 
-class _ExpAvg:
-    """Plain mean over the first `warmup` samples, then an exponential moving average."""
+class LoadLimiter:
+    """The AIMD limit. Feed it one load sample per interval; read `limit`."""
 
-    __slots__ = ("value", "_count", "_warmup", "_factor")
-
-    def __init__(self, window: int, warmup: int) -> None:
-        self.value = 0.0
-        self._count = 0
-        self._warmup = warmup
-        self._factor = 2.0 / (window + 1)
-
-    def add(self, sample: float) -> float:
-        if self._count < self._warmup:
-            self._count += 1
-            self.value += (sample - self.value) / self._count
-        else:
-            self.value += (sample - self.value) * self._factor
-        return self.value
-
-
-class GradientLimiter:
-    """The Gradient2 limit. Feed it one sample per finished run; read `limit`."""
-
-    __slots__ = ("config", "_limit", "_long_rtt")
+    __slots__ = ("config", "_limit")
 
     def __init__(self, config: AdaptiveConfig, *, initial_limit: float | None = None) -> None:
         self.config = config
         start = config.initial_limit if initial_limit is None else initial_limit
         self._limit = float(min(max(start, config.min_limit), config.max_limit))
-        self._long_rtt = _ExpAvg(config.long_window, config.warmup)
 
     @property
     def limit(self) -> int:
@@ -112,26 +96,45 @@ class GradientLimiter:
         """The unrounded limit (for statistics)."""
         return self._limit
 
-    @property
-    def long_rtt(self) -> float:
-        return self._long_rtt.value
-
-    def on_sample(self, rtt: float, inflight: int) -> int:
-        """Account one finished run: its latency and the runs in flight when it started."""
-        if not (rtt > 0.0 and math.isfinite(rtt)):
-            return self.limit  # a zero or broken measurement carries no information
+    def on_load(self, busy: float, lag_s: float, *, wanting: bool) -> int:
+        """Account one sample: the loop's busy fraction and lag over the last interval, and
+        whether work was waiting for a slot (`wanting`)."""
+        if not (math.isfinite(busy) and math.isfinite(lag_s)):
+            return self.limit  # a broken measurement carries no information
         cfg = self.config
-        long_rtt = self._long_rtt.add(rtt)
-        if long_rtt / rtt > 2.0:
-            self._long_rtt.value = long_rtt * 0.95
-        if inflight < self._limit / 2.0:
-            return self.limit
-        gradient = max(0.5, min(1.0, cfg.tolerance * long_rtt / rtt))
-        queue_size = math.sqrt(self._limit) if cfg.queue_size is None else cfg.queue_size
-        target = self._limit * gradient + queue_size
-        limit = self._limit * (1.0 - cfg.smoothing) + target * cfg.smoothing
-        self._limit = min(max(limit, float(cfg.min_limit)), float(cfg.max_limit))
+        if busy > cfg.target_busy or lag_s > cfg.max_lag_s:
+            # Cut harder the further over the target the loop is (at most to 2/3 at 100%).
+            factor = min(cfg.decrease, cfg.decrease * cfg.target_busy / busy) if busy else cfg.decrease
+            self._limit = max(float(cfg.min_limit), self._limit * factor)
+        elif wanting:
+            headroom = 1.0 - busy / cfg.target_busy
+            step = max(1.0, self._limit * cfg.increase * headroom)
+            self._limit = min(float(cfg.max_limit), self._limit + step)
         return self.limit
 
     def __repr__(self) -> str:
-        return f"GradientLimiter(limit={self._limit:.1f}, long_rtt={self._long_rtt.value:.4f})"
+        return f"LoadLimiter(limit={self._limit:.1f})"
+
+
+@dataclass(slots=True)
+class LoopLoad:
+    """The latest sample of the event loop's load (also reported in admin stats)."""
+
+    busy: float = 0.0
+    lag_s: float = 0.0
+
+
+async def watch_loop(interval_s: float, on_sample: Callable[[float, float], None],
+                     *, thread_time: Callable[[], float] = time.thread_time) -> None:
+    """Forever: every `interval_s`, call `on_sample(busy, lag_s)` for the running loop.
+    Runs on the loop it measures (thread_time is that thread's CPU)."""
+    loop = asyncio.get_running_loop()
+    wall, cpu = loop.time(), thread_time()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        now, used = loop.time(), thread_time()
+        elapsed = now - wall
+        if elapsed > 0:
+            on_sample(min(1.0, (used - cpu) / elapsed), max(0.0, now - due))
+        wall, cpu = now, used

@@ -27,8 +27,9 @@ Retry-After: for a rate refusal, the time until the bucket holds a token; otherw
 of the wait (queue ahead / throughput, from an average of recent run durations), within
 [1, 30] s.
 
-With `AdmissionLimits.adaptive` set, a Gradient2 limiter (see `adaptive`) fed by run latencies
-replaces `max_running` as the running limit.
+With `AdmissionLimits.adaptive` set, a limiter fed by the event loop's load (see `adaptive`;
+the runtime calls `on_load` every sample) replaces `max_running` as the running limit, which
+stays its ceiling.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from roost.errors import (
     ServerOverloaded,
     TenantOverloaded,
 )
-from roost.runtime.adaptive import AdaptiveConfig, GradientLimiter
+from roost.runtime.adaptive import AdaptiveConfig, LoadLimiter, LoopLoad
 from roost.runtime.fair_queue import FairQueue
 from roost.runtime.token_bucket import TokenBucket
 
@@ -188,6 +189,10 @@ class AdmissionStatistics:
     running_limit: int
     max_queued: int
     adaptive_limit: float | None
+    # The event loop's latest load sample (busy fraction, lag): what the adaptive limit
+    # follows; measured whether or not it is enabled.
+    loop_busy: float
+    loop_lag_s: float
     admitted: int
     rejected: Mapping[str, int]
     running_by_tenant: Mapping[str, int]
@@ -239,7 +244,6 @@ class Slot:
         "_state",
         "_waiter",
         "_started",
-        "_inflight",
     )
 
     def __init__(
@@ -260,7 +264,6 @@ class Slot:
         self._state = _QUEUED
         self._waiter: asyncio.Future[None] | None = None
         self._started = 0.0
-        self._inflight = 0
 
     @property
     def running(self) -> bool:
@@ -320,16 +323,15 @@ class Slot:
                 # retrieved, so asyncio does not log "exception was never retrieved".
                 waiter.exception()
 
-    def release(self, *, latency_s: float | None = None, ok: bool = True) -> None:
+    def release(self) -> None:
         """Give the slot back. Safe to call more than once; only the first call counts.
 
-        On a running slot: frees it, hands it to the next queued slot, and (if the run went
-        well, `ok`) feeds the adaptive limiter with `latency_s` (default: the time it held
-        the slot). On a queued slot: withdraws it; a task in `acquire` gets RunCancelled.
+        On a running slot: frees it and hands it to the next queued slot. On a queued slot:
+        withdraws it; a task in `acquire` gets RunCancelled.
         """
         state = self._state
         if state == _RUNNING:
-            self._controller._finish(self, latency_s, ok)
+            self._controller._finish(self)
         elif state == _QUEUED:
             self._controller._withdraw(self, "cancelled_in_queue")
 
@@ -337,8 +339,8 @@ class Slot:
         await self.acquire()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        self.release(ok=exc_type is None)
+    async def __aexit__(self, *_: object) -> None:
+        self.release()
 
     def __repr__(self) -> str:
         return f"<Slot tenant={self.tenant!r} priority={self.priority} {self.state}>"
@@ -370,9 +372,10 @@ class AdmissionController:
         self._admitted = 0
         self._rejected: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
         self._avg_run_s: float | None = None
-        self._limiter: GradientLimiter | None = (
-            GradientLimiter(limits.adaptive) if limits.adaptive is not None else None
+        self._limiter: LoadLimiter | None = (
+            LoadLimiter(limits.adaptive) if limits.adaptive is not None else None
         )
+        self._load = LoopLoad()
         self._running_limit = self._current_limit()
 
     @property
@@ -452,6 +455,18 @@ class AdmissionController:
             self._queue.push(slot, tenant, klass)
         return slot
 
+    def on_load(self, busy: float, lag_s: float) -> None:
+        """One sample of the event loop's load (see `adaptive.watch_loop`): recorded, and
+        fed to the adaptive limiter when there is one."""
+        self._load = LoopLoad(busy, lag_s)
+        if self._limiter is None:
+            return
+        wanting = bool(self._queue) or self._running >= self._running_limit
+        limit = self._limiter.on_load(busy, lag_s, wanting=wanting)
+        if limit != self._running_limit:
+            self._running_limit = limit
+            self._dispatch(self._clock())
+
     def update_limits(self, limits: AdmissionLimits) -> None:
         """Hot reload. Running work is unaffected; queued work stays queued (even past a
         lowered `max_queued`) and is dispatched under the new limits."""
@@ -476,7 +491,7 @@ class AdmissionController:
             else:
                 # Start from what is in force now: a reload should not cause a step change.
                 start = self._limiter.estimate if self._limiter else float(self._running_limit)
-                self._limiter = GradientLimiter(limits.adaptive, initial_limit=start)
+                self._limiter = LoadLimiter(limits.adaptive, initial_limit=start)
         self._running_limit = self._current_limit()
         self._dispatch(now)
 
@@ -494,6 +509,8 @@ class AdmissionController:
             running_limit=self._running_limit,
             max_queued=self._limits.max_queued,
             adaptive_limit=self._limiter.estimate if self._limiter is not None else None,
+            loop_busy=self._load.busy,
+            loop_lag_s=self._load.lag_s,
             admitted=self._admitted,
             rejected=dict(self._rejected),
             running_by_tenant=running_by_tenant,
@@ -542,7 +559,6 @@ class AdmissionController:
         slot._state = _RUNNING
         slot._started = now
         self._running += 1
-        slot._inflight = self._running
         self._admitted += 1
         ts.running += 1
         cap = ts.quota.max_running
@@ -559,16 +575,12 @@ class AdmissionController:
         if ts.blocked:
             self._sync_blocked(slot.tenant, ts)
 
-    def _finish(self, slot: Slot, latency_s: float | None, ok: bool) -> None:
+    def _finish(self, slot: Slot) -> None:
         now = self._clock()
         self._stop(slot, _RELEASED)
         held = max(0.0, now - slot._started)
         avg = self._avg_run_s
         self._avg_run_s = held if avg is None else avg + (held - avg) * _DURATION_ALPHA
-        if self._limiter is not None and ok:
-            self._running_limit = self._limiter.on_sample(
-                held if latency_s is None else latency_s, slot._inflight
-            )
         self._dispatch(now)
         self._forget_if_idle(slot._ts, slot.tenant, now)
 

@@ -21,6 +21,8 @@ def admission_limits(config: AdmissionConfig) -> AdmissionLimits:
         max_queued=max_queued,
         default_quota=_quota(config.default_quota),
         tenants={name: _quota(q) for name, q in config.tenants.items()},
-        adaptive=AdaptiveConfig(initial_limit=min(20, max_running), max_limit=max_running)
+        adaptive=AdaptiveConfig(initial_limit=min(20, max_running), max_limit=max_running,
+                                target_busy=config.adaptive_target_busy,
+                                max_lag_s=config.adaptive_max_lag_s)
         if config.adaptive else None,
     )

@@ -52,6 +52,7 @@ from roost.errors import (
 )
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
+from roost.runtime.adaptive import AdaptiveConfig, watch_loop
 from roost.runtime.admission import AdmissionController, Priority, Slot
 from roost.runtime.bus import RunChannel
 from roost.runtime.cache import CachedSession, SessionCache
@@ -196,6 +197,9 @@ class Runtime:
                 self._set_state(hosted, "running")
         self.started = True
         self._spawn(self._sweep_forever(), name="roost-ttl-sweeper")
+        # The event loop's load, sampled: admin stats, and the adaptive admission limit.
+        interval = (self.admission.limits.adaptive or AdaptiveConfig()).interval_s
+        self._spawn(watch_loop(interval, self.admission.on_load), name="roost-loop-load")
         if self.settings.runtime.auto_resume:
             self._spawn(self._auto_resume(), name="roost-auto-resume")
 
@@ -372,7 +376,7 @@ class Runtime:
                                          max_pending=hosted.agent.policies.max_pending_turns,
                                          cancel=lambda h: h.cancel("interrupt"))
         except BaseException:
-            slot.release(ok=True)
+            slot.release()
             raise
         self.runs[run.id] = handle
         handle.task = self._spawn(
@@ -393,7 +397,6 @@ class Runtime:
         key = (handle.run.tenant, handle.run.session_id)
         run = handle.run
         leased = False
-        acquired_at: float | None = None
         try:
             async with asyncio.timeout_at(deadline):
                 if lane_wait is not None:
@@ -402,7 +405,6 @@ class Runtime:
                     await hosted.resumed.wait()
             # The slot enforces the same deadline itself (RunTimeout), counted as expired.
             await slot.acquire()
-            acquired_at = time.monotonic()
             if self._shared:
                 # No read of the session here: if another instance moved it on, the run's
                 # first append says so and the run catches up then (RunContext.reload).
@@ -435,9 +437,7 @@ class Runtime:
                 with contextlib.suppress(RoostError):
                     await self.store.release_lease(run.tenant, run.session_id, self.instance_id)
             self.lanes.leave(key, handle)
-            # The limiter learns from the time a slot was held, not the wait before it.
-            slot.release(latency_s=None if acquired_at is None else time.monotonic() - acquired_at,
-                         ok=run.status == "completed")
+            slot.release()
             handle.channel.close()
             self.runs.pop(run.id, None)
             if not handle.done.done():

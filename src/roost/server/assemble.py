@@ -40,6 +40,8 @@ def runtime_gauges(runtime: Runtime) -> Mapping[str, Any]:
         "runs_running": dict(admission.running_by_tenant),
         "admission_rejections_total": dict(admission.rejected),
         "admission_running_limit": admission.running_limit,
+        "event_loop_busy_ratio": admission.loop_busy,
+        "event_loop_lag_seconds": admission.loop_lag_s,
         "sessions_active": len(runtime.lanes),
         "sessions_cached": cache.sessions,
         "sessions_cached_bytes": cache.bytes,

@@ -36,6 +36,8 @@ async def stats(request: Request) -> Response:
             "default_quota": asdict(limits.default_quota),
             "tenants": {name: asdict(q) for name, q in limits.tenants.items()},
         },
+        "event_loop": {"busy": round(admission.loop_busy, 3),
+                       "lag_s": round(admission.loop_lag_s, 4)},
         "runs_active": len(runtime.runs),
         "sessions_busy": len(runtime.lanes),
         "cache": asdict(runtime.cache.statistics()),
