@@ -1,21 +1,21 @@
 """Overload: offer 3x what the server sustains and check admitted turns stay fast.
 
     .venv/bin/python bench/overload.py                      # calibrate, then 3x for 20 s
-    .venv/bin/python bench/overload.py --capacity 780 --max-queued 0
-    .venv/bin/python bench/overload.py --capacity 780 --static --max-running 64 --max-queued 0
+    .venv/bin/python bench/overload.py --capacity 780       # skip the calibration
+    .venv/bin/python bench/overload.py --capacity 780 --static --max-running 64
 
 1. Calibrate (skipped with --capacity), on a server with generous limits:
    - capacity: a closed loop of --calibrate-concurrency clients runs reference turns
      (HTTP → model → tool → model → answer, SQLite) against the mock at --latency-ms for
      --calibrate-s; the server's core saturates, and its turns/s is what it sustains;
    - a refusal's CPU: Poisson arrivals at 2x capacity from a tenant whose rate bucket is
-     empty (every one a 429 decided by admission) for 3 s;
-   - an admitted turn's CPU at the rate the overload run will admit (open loop, 4 s; cheaper
-     per turn at saturation, where work batches, than at a moderate rate).
+     empty (every one a 429 decided by admission) for 3 s.
 2. Overload: a fresh server with the admission limits under test: by default the adaptive
-   limit (`adaptive = true`, the machine's default max_running as its ceiling); with
-   --static a fixed one (from the calibration by `size_limits`, or --max-running;
-   --max-queued either way); Poisson arrivals at --factor x capacity for
+   limit (`adaptive = true`, the machine's default max_running as its ceiling), which finds
+   the running level itself; with --static, a fixed --max-running. --max-queued defaults to
+   0: under *sustained* overload a queue is always full, so every admitted turn waits its
+   length (a 64-run queue measured p50 378 ms, p99 837 ms); a queue serves bursts, not
+   overload. Poisson arrivals at --factor x capacity for
    --duration-s, each on its own request (an open loop: the server's slowness does not slow
    the offered load), from a lean HTTP client on core 1 beside the mock.
 
@@ -67,8 +67,6 @@ from roost.runtime.admission import AdmissionLimits
 PROBE_HEADER, PROBE_TENANT = "X-Tenant", "probe"
 # Turns in flight per admitted turn/s: a turn spends ~1.1 x floor in the server.
 TIME_IN_SERVER = 1.1
-# The queue holds what drains in this long (see size_limits).
-QUEUE_DRAIN_S = 0.010
 
 
 async def new_sessions(base: str, count: int, headers: dict[str, str] | None = None) -> list[str]:
@@ -116,41 +114,6 @@ async def poisson(base: str, rate: float, duration_s: float, ids: list[str], *,
     return tally, offered_for, stats, lag
 
 
-def size_limits(offered: float, floor_s: float, turn_cpu_s: float, refusal_cpu_s: float,
-                utilisation: float) -> tuple[int, int]:
-    """Admission limits that keep the server's core at `utilisation` under `offered` turns/s.
-
-    Refusing is not free: each 503/429 still costs the event loop an HTTP parse, routing,
-    body validation and a problem response (`refusal_cpu_s`, ~0.2 ms measured). Under
-    overload every arrival is either admitted (`turn_cpu_s`) or refused, so the core's busy
-    fraction is
-
-        refusal_cpu_s x (offered - admitted) + turn_cpu_s x admitted
-
-    and keeping it at `utilisation` (well below 1: a loop near saturation queues every event
-    behind every other, which is what inflates p99) admits
-
-        admitted = (utilisation - refusal_cpu_s x offered) / (turn_cpu_s - refusal_cpu_s)
-
-    turns/s. By Little's law those keep admitted x time-in-server (~1.1 x floor) turns
-    running: that is `max_running`. The queue holds what drains in 10 ms. Under sustained
-    overload it is always full, so *every* admitted turn passes through it and waits
-    queue / throughput: a queue of a quarter of max_running measured +25 ms at p50 and a
-    p99 over target, while a freed slot is re-taken by a new arrival within a millisecond
-    anyway (2,000+ arrivals/s). A 10 ms queue still absorbs the bursts of a lighter load
-    instead of answering them 503.
-    """
-    admitted = admissible(offered, turn_cpu_s, refusal_cpu_s, utilisation)
-    max_running = max(1, round(admitted * floor_s * TIME_IN_SERVER))
-    return max_running, max(0, int(admitted * QUEUE_DRAIN_S))
-
-
-def admissible(offered: float, turn_cpu_s: float, refusal_cpu_s: float,
-               utilisation: float) -> float:
-    """Turns/s the core admits at `utilisation` while refusing the rest (see size_limits)."""
-    return (utilisation - refusal_cpu_s * offered) / max(turn_cpu_s - refusal_cpu_s, 1e-6)
-
-
 def calibrate(args: argparse.Namespace, floor_s: float) -> dict[str, Any]:
     """What the server sustains, and what a refusal and an admitted turn cost it in CPU."""
     generous = admission_toml(max_running=4096, max_queued=4096,
@@ -173,28 +136,19 @@ def calibrate(args: argparse.Namespace, floor_s: float) -> dict[str, Any]:
             refused, *_ = run(poisson(base, 2 * capacity, 3.0, probe_ids, headers=probe,
                                       reuse=True))
         refusal_cpu_s = refusing.server.cpu_s / max(refused.rejections, 1)
-
-        # An admitted turn's cost at about the rate the overload run will admit.
-        turn_guess = saturated.server.cpu_s / max(tally.completed, 1)
-        moderate = max(20.0, min(capacity / 2, admissible(args.factor * capacity, turn_guess,
-                                                          refusal_cpu_s, args.utilisation)))
-        ids = run(new_sessions(base, math.ceil(moderate * 4 / 3 * 1.3) + 32))
-        with MachineSampler(stack) as steady:
-            light, *_ = run(poisson(base, moderate, 4.0, ids, seed=3))
+        turn_cpu_s = saturated.server.cpu_s / max(tally.completed, 1)
     return {
         "turns_per_s": round(capacity, 1),
         "server_cpu_percent": round(saturated.server.cpu_percent, 1),
-        "cpu_ms_per_turn_saturated": round(turn_guess * 1000, 3),
+        "cpu_ms_per_turn_saturated": round(turn_cpu_s * 1000, 3),
         "p50_ms": ms(percentile(tally.latencies, 0.5)),
         "p99_ms": ms(percentile(tally.latencies, 0.99)),
-        "errors": len(tally.errors) + len(refused.errors) + len(light.errors),
+        "errors": len(tally.errors) + len(refused.errors),
         "concurrency": args.calibrate_concurrency,
         **saturated.result,
         "refusals": refused.rejections,
         "refusals_per_s": round(refused.rejections / max(refusing.server.seconds, 1e-9), 1),
         "cpu_ms_per_refusal": round(refusal_cpu_s * 1000, 3),
-        "moderate_turns_per_s": round(moderate, 1),
-        "cpu_ms_per_turn": round(steady.server.cpu_s / max(light.completed, 1) * 1000, 3),
     }
 
 
@@ -208,18 +162,12 @@ def main() -> None:
     parser.add_argument("--calibrate-s", type=float, default=8.0)
     parser.add_argument("--factor", type=float, default=3.0, help="offered load / capacity")
     parser.add_argument("--duration-s", type=float, default=20.0)
-    parser.add_argument("--turn-cpu-ms", type=float, default=1.8,
-                        help="with --capacity: an admitted turn's server CPU")
-    parser.add_argument("--refusal-cpu-ms", type=float, default=0.22,
-                        help="with --capacity: a refusal's server CPU")
-    parser.add_argument("--utilisation", type=float, default=0.6,
-                        help="the share of the server's core the limits aim to keep busy")
     parser.add_argument("--store", default=None, help="store URL (default: a fresh SQLite file)")
     parser.add_argument("--max-running", type=int, default=None)
-    parser.add_argument("--max-queued", type=int, default=None)
+    parser.add_argument("--max-queued", type=int, default=0)
     parser.add_argument("--static", action="store_true",
-                        help="a fixed running limit sized by `size_limits` (or --max-running) "
-                             "instead of the adaptive one")
+                        help="a fixed running limit (--max-running, required) instead of the "
+                             "adaptive one, whose ceiling --max-running is otherwise")
     add_common_arguments(parser)
     args = parser.parse_args()
     raise_nofile()
@@ -231,22 +179,16 @@ def main() -> None:
         calibration = calibrate(args, floor_s)
         print_table("calibration (generous limits)", calibration.items())
         capacity = float(calibration["turns_per_s"])
-        turn_cpu_ms = float(calibration["cpu_ms_per_turn"])
-        refusal_cpu_ms = float(calibration["cpu_ms_per_refusal"])
     else:
-        capacity, turn_cpu_ms, refusal_cpu_ms = (args.capacity, args.turn_cpu_ms,
-                                                 args.refusal_cpu_ms)
+        capacity = args.capacity
     rate = args.factor * capacity
-    auto_running, auto_queued = size_limits(rate, floor_s, turn_cpu_ms / 1000,
-                                            refusal_cpu_ms / 1000, args.utilisation)
     adaptive = not args.static
-    if adaptive:
-        # What `adaptive = true` gives with nothing else set: the machine's default
-        # max_running as the ceiling, the limiter finds the level below it.
-        max_running = args.max_running or AdmissionLimits.from_machine().max_running
-    else:
-        max_running = args.max_running or auto_running
-    max_queued = auto_queued if args.max_queued is None else args.max_queued
+    if not adaptive and args.max_running is None:
+        parser.error("--static needs --max-running")
+    # With adaptive, what `adaptive = true` gives with nothing else set: the machine's
+    # default max_running as the ceiling; the limiter finds the level below it.
+    max_running = args.max_running or AdmissionLimits.from_machine().max_running
+    max_queued = args.max_queued
     # Admitted turns each need a session (three turns apiece, as in the reference).
     admitted_max = min(max_running / (floor_s * TIME_IN_SERVER), capacity)
     sessions = math.ceil(admitted_max * args.duration_s / 3 * 1.5) + max_running + max_queued
@@ -283,9 +225,6 @@ def main() -> None:
         "capacity_turns_per_s": capacity,
         "offered_turns_per_s": round(summary["offered"] / offered_for, 1),
         "admitted_turns_per_s": round(tally.completed / offered_for, 1),
-        "turn_cpu_ms": turn_cpu_ms,
-        "refusal_cpu_ms": refusal_cpu_ms,
-        "utilisation_target": args.utilisation,
         "max_running": max_running,
         "max_queued": max_queued,
         "adaptive": adaptive,
