@@ -386,3 +386,35 @@ async def test_admin_stats_show_work_by_tenant_and_priority_and_rejections(serve
         assert done["running_by_tenant"] == {} and done["queued_by_tenant"] == {}
         assert done["rejected"]["server_full"] == 1 and done["rejected"]["tenant_quota"] == 1
 
+
+
+async def test_adaptive_limit_and_loop_load_are_in_admin_stats(serve: Serve) -> None:
+    hold = Hold()
+    server = serve(held_agent(hold, Triage()), server={"tenant_header": TENANT},
+                   admission={"max_running": 50, "max_queued": 0, "adaptive": True})
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as http:
+        # The loop is sampled every 100 ms: wait for a sample, whatever it says.
+        body = await stats_when(http, lambda s: s["event_loop"]["busy"] > 0, "a load sample")
+        assert 0 < body["event_loop"]["busy"] <= 1 and body["event_loop"]["lag_s"] >= 0
+        assert body["limits"]["running_limit"] <= 20  # starts at 20 (lower if start-up lagged)
+        # 30 turns that hold their slots, each retried while refused: the limit is what holds
+        # them back and the loop is idle, so it grows until all 30 run.
+        sessions = [await open_session(http, "acme") for _ in range(30)]
+        refusals = 0
+
+        async def admitted(session_id: str) -> httpx.Response:
+            nonlocal refusals
+            while True:
+                response = await post_turn(http, session_id, "hold", headers=tenant("acme"))
+                if response.status_code != 503:
+                    return response  # admitted: it answered once released
+                refusals += 1
+                await asyncio.sleep(0.05)  # gently: a busy loop would cut the limit
+
+        tasks = [asyncio.create_task(admitted(sid)) for sid in sessions]
+        grown = await stats_when(http, lambda s: s["running"] == 30, "30 running turns")
+        assert 30 <= grown["limits"]["running_limit"] <= 50
+        assert refusals > 0  # the limit did hold work back at first
+        hold.release()
+        results = await until(asyncio.gather(*tasks))
+        assert [r.status_code for r in results] == [200] * 30
