@@ -414,7 +414,7 @@ class Profiler:
         if self.output and Path(spy).exists():
             self.proc = subprocess.Popen(
                 pinned(CLIENT_CORE, [spy, "record", "--pid", str(self.pid), "--format", "raw",
-                                     "--rate", "200", "--nonblocking", "-o", self.output]),
+                                     "--rate", "200", "--gil", "--nonblocking", "-o", self.output]),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 

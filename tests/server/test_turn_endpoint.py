@@ -152,6 +152,49 @@ async def test_other_methods_and_paths_pass_through(clients: Any) -> None:
 
 def test_route_still_documented() -> None:
     runtime = Runtime(Settings.model_validate({"store": {"url": "memory://"}}), [_agent()])
-    schema = create_app(runtime).openapi()
+    schema = create_app(runtime).api.openapi()
     operation = schema["paths"]["/v1/sessions/{session_id}/turns"]["post"]
     assert "TurnCreate" in orjson.dumps(operation["requestBody"]).decode()
+
+
+async def test_turns_are_labelled_by_their_route_in_metrics_and_the_access_log() -> None:
+    from roost.observability import Observability, ObservabilityConfig
+    from tests.observability import scrape, value
+
+    runtime = Runtime(Settings.model_validate({"store": {"url": "memory://"}}), [_agent()])
+    obs = Observability(ObservabilityConfig(log_format="json"))
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime, obs)),
+                                     base_url="http://roost") as client:
+            session = (await client.post("/v1/agents/echo/sessions", json={})).json()
+            ok = await _turn(client, session["id"], {"json": {"input": "hello"}})
+            bad = await _turn(client, session["id"], {"json": {}})
+        assert (ok.status_code, bad.status_code) == (200, 422)
+        assert ok.headers["x-request-id"]  # the observability layer wraps the hot path too
+        route = "/v1/sessions/{session_id}/turns"
+        samples = scrape(obs)
+        assert value(samples, "roost_http_requests_total", route=route, method="POST",
+                     status="200") == 1
+        assert value(samples, "roost_http_requests_total", route=route, method="POST",
+                     status="422") == 1
+    finally:
+        await runtime.close()
+
+
+async def test_a_bug_on_the_hot_path_is_a_logged_problem_500(
+        clients: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    fast, _, runtime = clients
+    session = (await fast.post("/v1/agents/echo/sessions", json={})).json()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runtime, "submit_turn", broken)
+    response = await _turn(fast, session["id"], {"json": {"input": "hello"}})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "urn:roost:problem:internal_error"
+    assert "a bug" not in response.text  # details stay in the log
+    assert any("a bug" in (r.exc_text or "") or (r.exc_info and "a bug" in str(r.exc_info[1]))
+               for r in caplog.records)

@@ -17,11 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from roost import Agent, Runtime, Settings
 from roost.models.base import Message, ModelRequest, ModelResponse
-from roost.server.routes import usage as usage_routes
 from roost.sessions import RunRecord, Session, Usage
 from roost.sessions.sqlite import SQLiteStore
 from roost.testing.live import LiveServer
@@ -79,11 +77,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     settings = Settings(store={"url": f"sqlite:///{path}"},
                         server={"shutdown_grace_s": 0.0, "tenant_header": TENANT_HEADER})
     live = LiveServer(Runtime(settings, agents))
-    app = live.server.config.app
-    assert isinstance(app, FastAPI)
-    # Until app.py registers the router itself.
-    if not any(getattr(route, "path", None) == "/v1/usage" for route in app.routes):
-        app.include_router(usage_routes.router)
     with live:
         yield live
 

@@ -1,5 +1,14 @@
-"""The FastAPI application: routes, problem+json errors, body limit, and the runtime's
-lifespan (start on start-up; drain and close on shutdown)."""
+"""The application uvicorn serves: the turn hot path, then the FastAPI app (routes,
+problem+json errors, the runtime's lifespan: start on start-up; drain and close on shutdown).
+
+    observability ─▶ body limit ─▶ TurnEndpoint ─▶ FastAPI (error middleware, routing, routes)
+
+Turns are most of the traffic, and under overload so are their refusals, so they are answered
+in front of FastAPI: its own middleware (error pages, telemetry, body limit) wraps every
+request and every `send` of a response, an SSE stream's frames included. What a turn must
+have -- the access log, metrics and spans, the body limit, problem+json for every error -- is
+in the three plain-ASGI layers it passes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
@@ -18,7 +28,19 @@ from roost.server.routes import admin, agents, artifacts, health, observe, runs,
 from roost.server.turns import TurnEndpoint
 
 
-def create_app(runtime: Runtime, observability: Observability | None = None) -> FastAPI:
+class RoostApp:
+    """The ASGI app of one runtime: `api` is the FastAPI app behind the turn hot path (its
+    routes, OpenAPI schema, state and lifespan)."""
+
+    def __init__(self, api: FastAPI, entry: ASGIApp) -> None:
+        self.api = api
+        self._entry = entry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+
+def create_app(runtime: Runtime, observability: Observability | None = None) -> RoostApp:
     """The HTTP app for `runtime`. With `observability` (see `roost.server.assemble`): the
     request middleware, `/metrics`, and `/v1/admin/profile`."""
     settings = runtime.settings
@@ -56,12 +78,13 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     problems.install(app)
     for module in (health, agents, sessions, runs, artifacts, admin, usage):
         app.include_router(module.router)
-    # Innermost first: the turn hot path sits inside the body limit and observability.
-    app.add_middleware(TurnEndpoint, runtime=runtime, tenant_header=settings.server.tenant_header)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         app.state.observability = observability
         app.include_router(observe.router)
-        # Added last, so outermost: it sees every request, rejected ones included.
-        app.add_middleware(ObservabilityMiddleware, observability=observability)
-    return app
+    entry: ASGIApp = TurnEndpoint(app, runtime=runtime,
+                                  tenant_header=settings.server.tenant_header)
+    entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
+    if observability is not None:
+        # Outermost: it sees every request, refused and malformed ones included.
+        entry = ObservabilityMiddleware(entry, observability=observability)
+    return RoostApp(app, entry)

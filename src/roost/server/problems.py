@@ -84,6 +84,11 @@ def invalid_body(raw: list[Any]) -> Response:
                    field=first["field"], errors=errors)
 
 
+def internal_error() -> Response:
+    """500 for a bug: the details go to the log, never to the client."""
+    return problem(500, "internal_error", "an internal error occurred; it has been logged")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RoostError)
     async def _roost(request: Request, exc: RoostError) -> Response:
@@ -107,4 +112,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "internal_error", "an internal error occurred; it has been logged")
+        return internal_error()

@@ -1,10 +1,11 @@
 """`POST /v1/sessions/{id}/turns`, the hot path, served as plain ASGI in front of FastAPI.
 
 Every turn passes here, and under overload so does every refusal, so this endpoint skips what
-FastAPI adds per request: matching the path against every route, solving dependencies, the
-exception middlewares and their wrapped `send`s (measured in-process: a refused turn cost
-137 µs of CPU through FastAPI, most of it routing; see docs/performance.md for the figure
-here). The body is parsed as strict JSON (orjson) and validated by the same Pydantic model
+FastAPI adds per request: its middleware (error pages, telemetry, body limit) and their
+wrapped `send`s, matching the path against every route, solving dependencies (measured
+in-process: a refused turn cost 137 µs of CPU through FastAPI, most of it routing; see
+docs/performance.md for the figure here). It records the route in the scope, as routing
+would, so metrics, spans and access logs name it. The body is parsed as strict JSON (orjson) and validated by the same Pydantic model
 the FastAPI route declares, so errors are the same problem+json, naming the field.
 
 The FastAPI route (`routes/runs.py`) stays declared: it is the endpoint's OpenAPI entry, and
@@ -15,7 +16,9 @@ middleware.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -31,7 +34,19 @@ from roost.server.schemas import TurnCreate
 from roost.server.sse import RunEventStream
 from roost.sessions.records import DEFAULT_TENANT, RunRecord
 
+log = logging.getLogger("roost.server")
+
 _PATH = re.compile(r"/v1/sessions/([^/]+)/turns")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRoute:
+    """What `scope["route"]` holds for a turn: the template observability labels it by."""
+
+    path: str = "/v1/sessions/{session_id}/turns"
+
+
+_ROUTE = TurnRoute()
 _EMPTY_BODY = [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
 _NOT_JSON = [{"loc": ("body",), "type": "content_type",
               "msg": "the body must be JSON (Content-Type: application/json)"}]
@@ -49,7 +64,14 @@ class TurnEndpoint:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _PATH.fullmatch(scope["path"])
             if match is not None:
-                response = await self._turn(match[1], scope, receive)
+                scope["route"] = _ROUTE
+                try:
+                    response = await self._turn(match[1], scope, receive)
+                except Exception:
+                    # FastAPI's error middleware is behind us: answer as it would, in
+                    # problem+json. (A stream that fails once started just ends.)
+                    log.exception("unhandled error on POST %s", scope["path"])
+                    response = problems.internal_error()
                 if response is not None:
                     await response(scope, receive, send)
                 return
