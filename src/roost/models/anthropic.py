@@ -4,7 +4,7 @@
     response = await complete(model, ModelRequest(messages=[Message(role="user", content="hi")]))
     await model.aclose()
 
-Like the OpenAI-compatible provider it is a lean aiohttp + msgspec client (one pooled
+Like the OpenAI-compatible provider it is a lean HTTP + msgspec client (one pooled
 session per instance, typed decoding, an incremental SSE parser), because it sits on the hot
 path of every turn. The session, deadline and transport-error plumbing both share is
 `roost.models.http.HTTPModel`.
@@ -39,7 +39,6 @@ import uuid
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Final
 
-import aiohttp
 import msgspec
 from yarl import URL
 
@@ -54,6 +53,7 @@ from roost.models.base import (
     ToolSpec,
 )
 from roost.models.http import HTTPModel, SSEParser, read_error_body, retry_after
+from roost.models.transport import Response
 from roost.sessions.records import Usage
 
 __all__ = ["AnthropicModel", "wire_request"]
@@ -318,7 +318,7 @@ class AnthropicModel(HTTPModel):
             else:
                 response.close()
 
-    async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncGenerator[StreamItem, None]:
+    async def _read_stream(self, response: Response) -> AsyncGenerator[StreamItem, None]:
         parser = SSEParser()
         text_parts: list[str] = []
         # block index -> [id, name, json fragments]; text blocks are not kept here
@@ -327,9 +327,8 @@ class AnthropicModel(HTTPModel):
         model = ""
         stop_reason: str | None = None
         stopped = False
-        content = response.content
         while not stopped:
-            chunk = await content.readany()
+            chunk = await response.readany()
             payloads = parser.feed(chunk) if chunk else parser.flush()
             for payload in payloads:
                 try:
@@ -421,7 +420,7 @@ class AnthropicModel(HTTPModel):
         return self._error(f"stream error ({type_ or 'unknown'}): {message[:500]}", kind=kind,
                            retryable=retryable, status_code=status)
 
-    async def _http_error(self, response: aiohttp.ClientResponse) -> ModelError:
+    async def _http_error(self, response: Response) -> ModelError:
         status = response.status
         message, type_ = _error_detail(await read_error_body(response))
         kind, retryable = _classify(status, type_, message)

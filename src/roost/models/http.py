@@ -1,4 +1,4 @@
-"""`HTTPModel`: the aiohttp plumbing every HTTP provider shares.
+"""`HTTPModel`: the HTTP plumbing every HTTP provider shares.
 
 A provider (`OpenAICompatModel`, `AnthropicModel`) subclasses it and writes only what its API
 says differently: the request body, the response shapes, what an error body means.
@@ -18,9 +18,11 @@ says differently: the request body, the response shapes, what an error body mean
 
 What it holds:
 
-* one pooled `aiohttp.ClientSession` per instance, created on first use inside the running
-  loop and bound to it (`_session_for`); `aclose()` releases it and the model stays usable;
-* the per-call timeout from the request's deadline (`_timeout`), exact to the millisecond;
+* one pooled `HTTPClient` (`roost.models.transport`, a lean HTTP/1.1 client: aiohttp's took
+  about a quarter of a busy server's CPU) per instance, its pool bound to the loop it is first
+  used on; `aclose()` releases it and the model stays usable;
+* the request's deadline bounds the whole call, reading the answer included, to the
+  millisecond;
 * the translation of transport failures into `ModelError`s with a `kind` (`_transport_error`):
   a timeout at the deadline is "deadline" (not retryable), one before it "timeout";
   refused, reset or cut-short connections are "connection" (retryable);
@@ -40,11 +42,11 @@ import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-import aiohttp
 from yarl import URL
 
 from roost.errors import ModelError
 from roost.models.base import ModelRequest
+from roost.models.transport import BodyCutShort, HTTPClient, InvalidURL, Response
 
 __all__ = [
     "DEADLINE_SLACK_S",
@@ -124,7 +126,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
-async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+async def read_error_body(response: Response) -> bytes:
     """The body of an error response, or b"" when it cannot be read."""
     try:
         return await response.read()
@@ -184,85 +186,35 @@ class HTTPModel:
         self.settings: dict[str, Any] = dict(settings or {})
         self._headers: dict[str, str] = {**_BASE_HEADERS, **provider_headers, **(headers or {})}
         # Without a deadline a call is bounded by the connect and per-read timeouts only;
-        # `connect` also bounds the wait for a free slot in the pool.
-        self._default_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=read_timeout_s,
-            sock_connect=connect_timeout_s,
-            sock_read=read_timeout_s,
+        # waiting for a free connection in the pool as long as a read may take.
+        self._client = HTTPClient(
+            headers=self._headers,
+            max_connections=max_connections,
+            keepalive_timeout_s=30.0,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            pool_timeout_s=read_timeout_s,
         )
-        self._session: aiohttp.ClientSession | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _body(self, request: ModelRequest) -> bytes:
         raise NotImplementedError
 
-    # --- session ---------------------------------------------------------------------------
-
-    async def _session_for(self, loop: asyncio.AbstractEventLoop) -> aiohttp.ClientSession:
-        session = self._session
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if session is not None and self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise ModelError(
-                    f"{self.name}: this model is in use on another event loop",
-                    provider=self.provider,
-                )
-            # Its loop is gone, and its connections with it: closing it only marks it closed.
-            await session.close()
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            headers=self._headers,
-            timeout=self._default_timeout,
-            trust_env=False,
-        )
-        self._loop = loop
-        return self._session
+    # --- connections ----------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the HTTP session and its pooled connections. The model can be used again."""
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            loop = self._loop
-            if loop is None or loop is asyncio.get_running_loop() or loop.is_closed():
-                await session.close()
-        self._loop = None
+        """Close the pooled connections. The model can be used again."""
+        await self._client.aclose()
 
     # --- one call --------------------------------------------------------------------------
 
-    def _timeout(
-        self, request: ModelRequest, loop: asyncio.AbstractEventLoop
-    ) -> aiohttp.ClientTimeout:
-        if request.deadline is None:
-            return self._default_timeout
-        remaining = request.deadline - loop.time()
-        if remaining <= 0:
+    async def _post(self, request: ModelRequest, loop: asyncio.AbstractEventLoop) -> Response:
+        """POST `_body(request)` to `_url` under the request's deadline, trace headers and
+        all; any failure before a response arrives is a `ModelError`."""
+        deadline = request.deadline
+        if deadline is not None and deadline <= loop.time():
             raise self._error(
                 "deadline passed before the call started", retryable=False, kind="deadline"
             )
-        return aiohttp.ClientTimeout(
-            total=remaining,
-            connect=min(remaining, self.read_timeout_s),
-            sock_connect=self.connect_timeout_s,
-            sock_read=self.read_timeout_s,
-            # aiohttp rounds timeouts above 5 s up to whole seconds; a deadline is exact.
-            ceil_threshold=math.inf,
-        )
-
-    async def _post(
-        self, request: ModelRequest, loop: asyncio.AbstractEventLoop
-    ) -> aiohttp.ClientResponse:
-        """POST `_body(request)` to `_url` under the request's deadline, trace headers and
-        all; any failure before a response arrives is a `ModelError`."""
-        timeout = self._timeout(request, loop)
-        session = await self._session_for(loop)
         metadata = request.metadata
         headers: dict[str, str] | None = None
         if metadata and "traceparent" in metadata:
@@ -272,13 +224,11 @@ class HTTPModel:
         if request.stream:
             headers = {**(headers or {}), "Accept": "text/event-stream"}
         try:
-            return await session.post(
-                self._url,
-                data=self._body(request),
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
+            return await self._client.post(
+                self._url, self._body(request), headers=headers, deadline=deadline
             )
+        except RuntimeError as exc:  # the pool belongs to another, still running, loop
+            raise ModelError(f"{self.name}: {exc}", provider=self.provider) from exc
         except Exception as exc:
             raise self._transport_error(exc, request, loop) from exc
 
@@ -313,15 +263,15 @@ class HTTPModel:
             if deadline is not None and loop.time() >= deadline - DEADLINE_SLACK_S:
                 return self._error("deadline exceeded", retryable=False, kind="deadline")
             return self._error(f"timed out ({type(exc).__name__})", retryable=True, kind="timeout")
-        if isinstance(exc, aiohttp.InvalidURL):
+        if isinstance(exc, InvalidURL):
             return self._error(
                 f"invalid URL {self._url}", retryable=False, kind=self._INVALID_URL_KIND
             )
-        if isinstance(exc, aiohttp.ClientPayloadError):
+        if isinstance(exc, BodyCutShort):
             return self._error(
                 f"response body cut short: {exc}", retryable=True, kind="connection"
             )
-        if isinstance(exc, aiohttp.ClientError | OSError):
+        if isinstance(exc, OSError):
             return self._error(
                 f"connection failed: {type(exc).__name__}: {exc}",
                 retryable=True,
