@@ -168,6 +168,10 @@ def main() -> None:
     parser.add_argument("--static", action="store_true",
                         help="a fixed running limit (--max-running, required) instead of the "
                              "adaptive one, whose ceiling --max-running is otherwise")
+    parser.add_argument("--target-busy", type=float, default=None,
+                        help="admission.adaptive_target_busy (default: the server's)")
+    parser.add_argument("--max-lag-ms", type=float, default=None,
+                        help="admission.adaptive_max_lag_s in ms (default: the server's)")
     add_common_arguments(parser)
     args = parser.parse_args()
     raise_nofile()
@@ -196,6 +200,10 @@ def main() -> None:
     config = admission_toml(max_running=max_running, max_queued=max_queued)
     if adaptive:
         config += "adaptive = true\n"
+        if args.target_busy is not None:
+            config += f"adaptive_target_busy = {args.target_busy}\n"
+        if args.max_lag_ms is not None:
+            config += f"adaptive_max_lag_s = {args.max_lag_ms / 1000}\n"
     with Stack(latency_ms=args.latency_ms, nice=args.nice, config=config,
                store=args.store) as stack:
         # Warm-up within the limits, so the counters below are the overload's own.
