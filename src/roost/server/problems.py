@@ -8,7 +8,9 @@ A rejected request never reaches the runtime's state: validation happens before 
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,9 +27,46 @@ log = logging.getLogger("roost.server")
 PROBLEM_JSON = "application/problem+json"
 
 
+class ProblemResponse(Response):
+    """A problem+json response built without Starlette's header assembly: under overload
+    every refusal is one of these (see `problem`)."""
+
+    media_type = PROBLEM_JSON
+
+    def __init__(self, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        self.raw_headers = [(b"content-length", b"%d" % len(body)),
+                            (b"content-type", _PROBLEM_JSON), *headers]
+
+
+_PROBLEM_JSON = PROBLEM_JSON.encode()
+
+
 def problem(status: int, type_: str, detail: str, *, field: str | None = None,
             errors: list[dict[str, Any]] | None = None, retry_after: float | None = None,
             headers: dict[str, str] | None = None) -> Response:
+    seconds = None if retry_after is None else max(1, round(retry_after))
+    if errors is None and headers is None:
+        # Refusals repeat themselves (same type, detail and Retry-After): encoded once.
+        return ProblemResponse(status, *_encoded(status, type_, detail, field, seconds))
+    body, raw = _encode_problem(status, type_, detail, field, errors, seconds)
+    raw.extend((k.lower().encode("latin-1"), v.encode("latin-1"))
+               for k, v in (headers or {}).items())
+    return ProblemResponse(status, body, raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _encoded(status: int, type_: str, detail: str, field: str | None,
+             seconds: int | None) -> tuple[bytes, tuple[tuple[bytes, bytes], ...]]:
+    body, raw = _encode_problem(status, type_, detail, field, None, seconds)
+    return body, tuple(raw)
+
+
+def _encode_problem(status: int, type_: str, detail: str, field: str | None,
+                    errors: list[dict[str, Any]] | None,
+                    seconds: int | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     body: dict[str, Any] = {
         "type": f"urn:roost:problem:{type_}",
         "title": HTTPStatus(status).phrase,
@@ -38,13 +77,11 @@ def problem(status: int, type_: str, detail: str, *, field: str | None = None,
         body["field"] = field
     if errors:
         body["errors"] = errors
-    out_headers = dict(headers or {})
-    if retry_after is not None:
-        seconds = max(1, round(retry_after))
-        out_headers["Retry-After"] = str(seconds)
+    raw: list[tuple[bytes, bytes]] = []
+    if seconds is not None:
+        raw.append((b"retry-after", b"%d" % seconds))
         body["retry_after"] = seconds
-    return Response(msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON,
-                    headers=out_headers)
+    return msgspec.json.encode(body), raw
 
 
 def roost_error_response(exc: RoostError) -> Response:
