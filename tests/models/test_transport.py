@@ -779,3 +779,82 @@ def test_on_uvloop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     uvloop = pytest.importorskip("uvloop")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+# --- host names ------------------------------------------------------------------------------
+
+
+def fake_dns(monkeypatch: pytest.MonkeyPatch, ports: list[int]) -> list[str]:
+    """`roost.test` resolves to 127.0.0.1 on each of `ports`, in order; returns the names
+    looked up (one entry per lookup)."""
+    loop = asyncio.get_running_loop()
+    looked_up: list[str] = []
+
+    async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+        looked_up.append(host)
+        await asyncio.sleep(0.01)  # a lookup takes a while: concurrent calls overlap it
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p)) for p in ports]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return looked_up
+
+
+async def test_a_host_name_is_looked_up_once_per_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with web_server() as base:
+        port = int(base.rsplit(":", 1)[1])
+        looked_up = fake_dns(monkeypatch, [port])
+        async with HTTPClient(max_connections=5, dns_ttl_s=0.3) as client:
+            url = f"http://roost.test:{port}"
+
+            async def call(path: str) -> bytes:
+                response = await client.post(url + path, b"x")
+                body = await response.read()
+                response.release()
+                return body
+
+            assert await asyncio.gather(*(call("/slow?ms=50") for _ in range(5))) == [b"done"] * 5
+            stats = client.statistics()
+            assert (stats.connects_total, stats.lookups_total) == (5, 1)  # one shared lookup
+            for _ in range(5):  # each takes an idle connection, which the server then closes
+                assert await call("/close") == b"bye"
+            assert client.statistics().idle == 0
+            assert await call("/close") == b"bye"  # a new connection: the name is cached
+            stats = client.statistics()
+            assert (stats.connects_total, stats.lookups_total) == (6, 1)
+            await asyncio.sleep(0.35)
+            assert await call("/close") == b"bye"
+            stats = client.statistics()
+            assert (stats.connects_total, stats.lookups_total) == (7, 2)
+            assert looked_up == ["roost.test"] * 2
+
+
+async def test_the_next_address_answers_and_a_name_that_fails_is_looked_up_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with web_server() as base:
+        live, dead = int(base.rsplit(":", 1)[1]), free_port()
+        fake_dns(monkeypatch, [dead, live])
+        async with HTTPClient(dns_ttl_s=300) as client:
+            response = await client.post(f"http://roost.test:{live}/echo", b"{}")
+            assert response.status == 200
+            response.close()
+            stats = client.statistics()
+            assert (stats.connects_total, stats.lookups_total) == (1, 1)
+
+        fake_dns(monkeypatch, [dead])
+        async with HTTPClient(dns_ttl_s=300) as client:
+            for lookups in (1, 2):  # every address refused: the name is looked up anew
+                with pytest.raises(TransportError, match="cannot connect to http://roost.test"):
+                    await client.post(f"http://roost.test:{live}/echo", b"{}")
+                assert client.statistics().lookups_total == lookups
+
+
+async def test_a_real_name_through_the_system_resolver() -> None:
+    async with web_server() as base, HTTPClient() as client:
+        port = int(base.rsplit(":", 1)[1])
+        # localhost may come back as ::1 first; the server listens on 127.0.0.1 only.
+        response = await client.post(f"http://localhost:{port}/echo", b"{}")
+        assert response.status == 200
+        assert ["Host", f"localhost:{port}"] in msgspec.json.decode(await response.read())["headers"]
+        response.release()
+        assert client.statistics().lookups_total == 1

@@ -30,7 +30,8 @@ Timeouts, all raising the builtin `TimeoutError`:
 
 * `pool_timeout_s` bounds waiting for a free connection when all `max_connections` are busy
   (default: `connect_timeout_s`);
-* `connect_timeout_s` bounds the TCP (and TLS) connect;
+* `connect_timeout_s` bounds the TCP (and TLS) connect (host names are looked up once per
+  `dns_ttl_s`; a name's addresses are tried in order);
 * `read_timeout_s` bounds the silence of the server while a response is outstanding;
 * `deadline` (absolute, on the loop's clock) bounds the whole call, reading the body included.
 
@@ -52,13 +53,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, cast
+from typing import Any, Final, cast
 
 import httptools
 from yarl import URL
@@ -126,6 +129,7 @@ class TransportStatistics:
     waiters: int  #: calls waiting for a slot
     connects_total: int  #: connections opened
     reuses_total: int  #: calls served by a connection that served one before
+    lookups_total: int = 0  #: host-name lookups (the DNS cache's misses)
 
 
 class Headers(Mapping[str, str]):
@@ -173,7 +177,7 @@ class Headers(Mapping[str, str]):
 class _Target:
     """Where a URL's requests go: the pool key and what `create_connection` needs."""
 
-    __slots__ = ("authority", "host", "origin", "port", "tls")
+    __slots__ = ("authority", "host", "named", "origin", "port", "tls")
 
     def __init__(self, url: URL) -> None:
         authority = url.host_port_subcomponent  # [v6]:port, the port only when not the default
@@ -186,6 +190,12 @@ class _Target:
         self.port: int = url.port or (443 if self.tls else 80)
         self.authority = authority
         self.origin = f"{url.scheme}://{authority}"
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            self.named = True  # resolved through the client's DNS cache
+        else:
+            self.named = False
 
 
 class _Connection(asyncio.Protocol):
@@ -493,6 +503,56 @@ class _Connection(asyncio.Protocol):
             self._pool.forget(self)
 
 
+_Address = tuple[int, tuple[Any, ...]]  # (address family, socket address)
+
+
+class _Resolver:
+    """Host names to addresses, cached for `ttl_s`, one lookup in flight per name.
+
+    `getaddrinfo` runs in the loop's small thread pool: without a cache, a burst of new
+    connections to one provider would queue a lookup each behind it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, ttl_s: float) -> None:
+        self._loop = loop
+        self._ttl = ttl_s
+        self._cache: dict[tuple[str, int], tuple[float, list[_Address]]] = {}
+        self._lookups: dict[tuple[str, int], asyncio.Task[list[_Address]]] = {}
+        self.lookups_total = 0
+
+    async def resolve(self, host: str, port: int) -> list[_Address]:
+        key = (host, port)
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > self._loop.time():
+            return cached[1]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = self._lookups[key] = self._loop.create_task(self._lookup(host, port))
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
+        # Shielded: one caller giving up does not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+
+    def forget(self, host: str, port: int) -> None:
+        """None of the addresses answered: look the name up again next time."""
+        self._cache.pop((host, port), None)
+
+    async def _lookup(self, host: str, port: int) -> list[_Address]:
+        self.lookups_total += 1
+        infos = await self._loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses: list[_Address] = []
+        for family, _, _, _, sockaddr in infos:
+            if (family, sockaddr) not in addresses:
+                addresses.append((family, sockaddr))
+        if not addresses:
+            raise OSError(f"no address for {host}")
+        self._cache[(host, port)] = (self._loop.time() + self._ttl, addresses)
+        return addresses
+
+    def close(self) -> None:
+        for lookup in self._lookups.values():
+            lookup.cancel()
+
+
 class _Pool:
     """The connections of one client on one loop, and the calls waiting for one.
 
@@ -514,6 +574,7 @@ class _Pool:
         self._waiters: deque[tuple[str, asyncio.Future[_Connection | None]]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._tls = client.ssl_context
+        self.resolver = _Resolver(loop, client.dns_ttl_s)
         self.closed = False
         self.connects_total = 0
         self.reuses_total = 0
@@ -589,13 +650,16 @@ class _Pool:
                 tls = self._tls = ssl.create_default_context()
         try:
             async with asyncio.timeout_at(connect_by):
-                await self.loop.create_connection(
-                    lambda: conn,
-                    target.host,
-                    target.port,
-                    ssl=tls,
-                    server_hostname=target.host if tls is not None else None,
-                )
+                if target.named:
+                    await self._connect_named(conn, target, tls)
+                else:
+                    await self.loop.create_connection(
+                        lambda: conn,
+                        target.host,
+                        target.port,
+                        ssl=tls,
+                        server_hostname=target.host if tls is not None else None,
+                    )
         except TimeoutError:
             raise TimeoutError(f"connecting to {target.origin} timed out") from None
         except OSError as exc:  # refused, unreachable, no such host, TLS failure
@@ -609,6 +673,31 @@ class _Pool:
         self._conns.add(conn)
         self.connects_total += 1
         return conn
+
+    async def _connect_named(
+        self, conn: _Connection, target: _Target, tls: ssl.SSLContext | None
+    ) -> None:
+        """Connect to the first of the name's (cached) addresses that answers, in order."""
+        addresses = await self.resolver.resolve(target.host, target.port)
+        error: OSError | None = None
+        for family, sockaddr in addresses:
+            try:
+                await self.loop.create_connection(
+                    lambda: conn,
+                    sockaddr[0],
+                    sockaddr[1],
+                    family=family,
+                    ssl=tls,
+                    server_hostname=target.host if tls is not None else None,
+                )
+                return
+            except ssl.SSLError:
+                raise  # the server answered: another address of it would say the same
+            except OSError as exc:
+                error = exc
+        self.resolver.forget(target.host, target.port)
+        assert error is not None
+        raise error
 
     def put(self, conn: _Connection) -> None:
         """A connection whose response ended cleanly: to the first waiter, or idle."""
@@ -687,6 +776,7 @@ class _Pool:
 
     async def aclose(self) -> None:
         self.closed = True
+        self.resolver.close()
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
@@ -711,6 +801,7 @@ class _Pool:
             waiters=sum(1 for _, waiter in self._waiters if not waiter.done()),
             connects_total=self.connects_total,
             reuses_total=self.reuses_total,
+            lookups_total=self.resolver.lookups_total,
         )
 
 
@@ -838,6 +929,7 @@ class HTTPClient:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
         pool_timeout_s: float | None = None,
+        dns_ttl_s: float = 300.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_connections < 1:
@@ -848,6 +940,7 @@ class HTTPClient:
             ("connect_timeout_s", connect_timeout_s),
             ("read_timeout_s", read_timeout_s),
             ("pool_timeout_s", pool_timeout_s),
+            ("dns_ttl_s", dns_ttl_s),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, not {value}")
@@ -856,6 +949,7 @@ class HTTPClient:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.pool_timeout_s = pool_timeout_s
+        self.dns_ttl_s = dns_ttl_s
         self.ssl_context = ssl_context
         self._defaults = {
             name.lower(): _header_line(name, value) for name, value in (headers or {}).items()
