@@ -110,7 +110,7 @@ class AdmissionConfig(_Section):
     # The running limit follows the event loop's load (runtime/adaptive.py); max_running
     # stays its ceiling.
     adaptive: bool = False
-    adaptive_target_busy: float = Field(0.75, gt=0, le=1,
+    adaptive_target_busy: float = Field(0.7, gt=0, le=1,
                                         description="loop CPU share above which it shrinks")
     adaptive_max_lag_s: float = Field(0.025, gt=0, description="loop lag above which it shrinks")
 

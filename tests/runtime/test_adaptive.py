@@ -22,15 +22,16 @@ def test_an_idle_loop_with_work_waiting_grows_the_limit_to_its_bound() -> None:
 
 
 def test_growth_slows_near_the_target() -> None:
-    fast = LoadLimiter(AdaptiveConfig(initial_limit=100, max_limit=10_000))
-    slow = LoadLimiter(AdaptiveConfig(initial_limit=100, max_limit=10_000))
+    fast = LoadLimiter(AdaptiveConfig(initial_limit=100, max_limit=10_000, target_busy=0.75))
+    slow = LoadLimiter(AdaptiveConfig(initial_limit=100, max_limit=10_000, target_busy=0.75))
     fast.on_load(0.1, 0.0, wanting=True)
     slow.on_load(0.7, 0.0, wanting=True)
     assert fast.estimate - 100 > 5 * (slow.estimate - 100) > 0
 
 
 def test_a_busy_loop_cuts_the_limit_down_to_its_bound() -> None:
-    limiter = LoadLimiter(AdaptiveConfig(initial_limit=100, min_limit=10, max_limit=500))
+    limiter = LoadLimiter(AdaptiveConfig(initial_limit=100, min_limit=10, max_limit=500,
+                                         target_busy=0.75))
     limits = feed(limiter, 0.76, 7)  # just over the target: ~11% per sample
     assert limits == sorted(limits, reverse=True)
     assert 40 <= limits[-1] <= 48  # about halved in 7 samples ((0.9 x 0.75 / 0.76)^7 = 0.44)
@@ -38,8 +39,8 @@ def test_a_busy_loop_cuts_the_limit_down_to_its_bound() -> None:
 
 
 def test_the_further_over_the_target_the_harder_the_cut() -> None:
-    near = LoadLimiter(AdaptiveConfig(initial_limit=100))
-    far = LoadLimiter(AdaptiveConfig(initial_limit=100))
+    near = LoadLimiter(AdaptiveConfig(initial_limit=100, target_busy=0.75))
+    far = LoadLimiter(AdaptiveConfig(initial_limit=100, target_busy=0.75))
     near.on_load(0.76, 0.0, wanting=True)
     far.on_load(1.0, 0.0, wanting=True)
     assert far.estimate == pytest.approx(100 * 0.9 * 0.75)

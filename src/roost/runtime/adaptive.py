@@ -45,8 +45,10 @@ class AdaptiveConfig:
     min_limit: int = 1
     max_limit: int = 1000
     # Loop-thread CPU fraction above which the limit shrinks: headroom for bursts, and for
-    # the refusals an overloaded server still answers.
-    target_busy: float = 0.75
+    # the refusals an overloaded server still answers. bench/overload.py at 3x load: 0.7
+    # kept admitted turns' p99 at 1.45-1.52x the model floor in five runs; 0.75 admitted
+    # ~60% more turns but their p99 reached 1.56-2.02x (docs/performance.md).
+    target_busy: float = 0.7
     # Loop lag above which the limit shrinks, whatever the CPU says (e.g. another process
     # took the core, or a long garbage collection).
     max_lag_s: float = 0.025
