@@ -1,13 +1,13 @@
 """The application uvicorn serves: the turn hot path, then the FastAPI app (routes,
 problem+json errors, the runtime's lifespan: start on start-up; drain and close on shutdown).
 
-    observability ─▶ body limit ─▶ TurnEndpoint ─▶ FastAPI (error middleware, routing, routes)
+    observability ─▶ body limit ─▶ HotPath ─▶ FastAPI (error middleware, routing, routes)
 
-Turns are most of the traffic, and under overload so are their refusals, so they are answered
-in front of FastAPI: its own middleware (error pages, telemetry, body limit) wraps every
-request and every `send` of a response, an SSE stream's frames included. What a turn must
-have -- the access log, metrics and spans, the body limit, problem+json for every error -- is
-in the three plain-ASGI layers it passes.
+Turns are most of the traffic, and under overload so are their refusals, so they (and the
+creation of sessions) are answered in front of FastAPI: its own middleware (error pages,
+telemetry, body limit) wraps every request and every `send` of a response, an SSE stream's
+frames included. What they must have -- the access log, metrics and spans, the body limit,
+problem+json for every error -- is in the three plain-ASGI layers they pass.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
 from roost.server import problems
+from roost.server.hotpath import HotPath
 from roost.server.limits import BodySizeLimit
 from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions, usage
-from roost.server.turns import TurnEndpoint
 
 
 class RoostApp:
@@ -81,8 +81,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     if observability is not None:
         app.state.observability = observability
         app.include_router(observe.router)
-    entry: ASGIApp = TurnEndpoint(app, runtime=runtime,
-                                  tenant_header=settings.server.tenant_header)
+    entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.

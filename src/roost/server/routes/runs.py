@@ -20,7 +20,7 @@ router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Response:
     """Run one turn. JSON by default; SSE with `"stream": true` or `Accept: text/event-stream`.
 
-    `create_app` serves this path with `TurnEndpoint` before routing (the hot path); the
+    `create_app` serves this path with `HotPath` before routing (`hotpath.py`); the
     route is its OpenAPI entry and serves it when the routers are mounted without that."""
     return await turns.respond(runtime_of(request), tenant_of(request), session_id, body,
                                "text/event-stream" in request.headers.get("accept", ""),

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import Response
 
 from roost.errors import InvalidInput, PreconditionFailed, VersionConflict
+from roost.runtime.runtime import Runtime
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
 from roost.server.schemas import EventOut, SessionCreate, SessionOut, SessionPage, SessionPatch
@@ -17,11 +18,19 @@ router = APIRouter(tags=["sessions"], route_class=StrictJSONRoute)
 @router.post("/v1/agents/{name}/sessions", status_code=201, response_model=SessionOut)
 async def create_session(name: str, request: Request,
                          body: SessionCreate | None = None) -> Response:
-    runtime = runtime_of(request)
-    body = body or SessionCreate()
-    _check_json(request, body.state, "state")
-    _check_json(request, body.metadata, "metadata")
-    session = await runtime.create_session(tenant_of(request), name, user_id=body.user_id,
+    """Create a session. `create_app` serves this path from its hot path (`hotpath.py`)
+    through `created_session` too; this route is its OpenAPI entry."""
+    return await created_session(runtime_of(request), tenant_of(request), name,
+                                 body or SessionCreate())
+
+
+async def created_session(runtime: Runtime, tenant: str, agent: str,
+                          body: SessionCreate) -> Response:
+    """201 with the new session, or raises RoostError (→ problem+json)."""
+    limit = runtime.settings.sessions.max_state_bytes
+    _check_json(body.state, "state", limit)
+    _check_json(body.metadata, "metadata", limit)
+    session = await runtime.create_session(tenant, agent, user_id=body.user_id,
                                            state=body.state, metadata=body.metadata)
     return json_response(session, status=201, headers={"Location": f"/v1/sessions/{session.id}"})
 
@@ -54,7 +63,7 @@ async def patch_session(session_id: str, body: SessionPatch, request: Request,
         except ValueError:
             raise InvalidInput("If-Match must be a session version number",
                                field="If-Match") from None
-    _check_json(request, body.state, "state")
+    _check_json(body.state, "state", runtime_of(request).settings.sessions.max_state_bytes)
     try:
         session = await runtime_of(request).patch_session(tenant_of(request), session_id,
                                                           body.state, expected)
@@ -82,7 +91,7 @@ async def list_events(session_id: str, request: Request,
     return json_response({"items": events, "next_after": next_after})
 
 
-def _check_json(request: Request, value: dict[str, object], field: str) -> None:
+def _check_json(value: dict[str, object], field: str, limit: int) -> None:
     """Storable JSON within the size limit, or a 422 naming the field."""
     if not value:
         return
@@ -90,6 +99,5 @@ def _check_json(request: Request, value: dict[str, object], field: str) -> None:
         size = len(orjson.dumps(value))
     except TypeError as exc:  # e.g. integers beyond 64 bits
         raise InvalidInput(f"{field} is not storable JSON: {exc}", field=field) from None
-    limit = runtime_of(request).settings.sessions.max_state_bytes
     if size > limit:
         raise InvalidInput(f"{field} is larger than {limit} bytes", field=field)

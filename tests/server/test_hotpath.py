@@ -1,4 +1,4 @@
-"""`TurnEndpoint` (the turn hot path, plain ASGI) answers exactly as the FastAPI route would.
+"""`HotPath` (turns and session creation, plain ASGI) answers exactly as the FastAPI routes would.
 
 Both are driven in-process: the app `create_app` builds (the middleware answers turns before
 routing) and a bare FastAPI app with the same routers and error handlers (the route answers).
@@ -44,6 +44,24 @@ TURN_CASES: list[tuple[str, dict[str, Any]]] = [
                               "headers": {"Content-Type": "application/json; charset=utf-8"}}),
     ("empty-body", {"content": b""}),
 ]
+SESSION_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("ok-empty-object", {"json": {}}),
+    ("ok-all-fields", {"json": {"user_id": "ada", "state": {"plan": "pro"},
+                                "metadata": {"source": "web"}}}),
+    ("ok-null", {"content": b"null"}),
+    ("ok-no-body", {"content": b""}),
+    ("ok-no-body-no-type", {"content": b"", "headers": {"Content-Type": ""}}),
+    ("malformed-json", {"content": b'{"user_id": '}),
+    ("nan", {"content": b'{"state": {"x": NaN}}'}),
+    ("not-an-object", {"json": ["ada"]}),
+    ("unknown-field", {"json": {"colour": "red"}}),
+    ("user-id-wrong-type", {"json": {"user_id": 7}}),
+    ("user-id-too-long", {"json": {"user_id": "u" * 257}}),
+    ("state-not-an-object", {"json": {"state": [1, 2]}}),
+    ("state-over-limit", {"json": {"state": {"blob": "x" * 200}}}),
+    ("metadata-over-limit", {"json": {"metadata": {"blob": "x" * 200}}}),
+    ("ok-state-huge-int", {"content": b'{"state": {"n": 123456789012345678901234567890}}'}),
+]
 # Where the two differ on purpose: the middleware names the Content-Type problem; FastAPI
 # reports a body it did not parse as JSON as "not a dictionary".
 NOT_JSON = [{"content": b'{"input": "hi"}', "headers": {"Content-Type": "text/plain"}},
@@ -53,6 +71,13 @@ NOT_JSON = [{"content": b'{"input": "hi"}', "headers": {"Content-Type": "text/pl
 def _agent() -> Agent:
     return Agent(name="echo", model=ScriptedModel(["hi there"], repeat_last=True),
                  limits=Limits(max_input_chars=50))
+
+
+async def _create(client: httpx.AsyncClient, agent: str, case: dict[str, Any]) -> httpx.Response:
+    headers = {"Content-Type": "application/json", **case.get("headers", {})}
+    headers = {k: v for k, v in headers.items() if v}
+    content = orjson.dumps(case["json"]) if "json" in case else case["content"]
+    return await client.post(f"/v1/agents/{agent}/sessions", content=content, headers=headers)
 
 
 def _route_only_app(runtime: Runtime) -> FastAPI:
@@ -68,7 +93,9 @@ def _route_only_app(runtime: Runtime) -> FastAPI:
 
 @pytest.fixture
 async def clients() -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, Runtime]]:
-    runtime = Runtime(Settings.model_validate({"store": {"url": "memory://"}}), [_agent()])
+    runtime = Runtime(Settings.model_validate({"store": {"url": "memory://"},
+                                               "sessions": {"max_state_bytes": 100}}),
+                      [_agent()])
     await runtime.start()
     fast = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime)),
                              base_url="http://roost")
@@ -127,6 +154,32 @@ async def test_unknown_session_and_overload_match(clients: Any) -> None:
     assert a.json() == b.json() and a.headers["retry-after"] == b.headers["retry-after"]
 
 
+@pytest.mark.parametrize(("name", "case"), SESSION_CASES, ids=[n for n, _ in SESSION_CASES])
+async def test_sessions_are_created_as_the_route_creates_them(
+        clients: Any, name: str, case: dict[str, Any]) -> None:
+    fast, routed, runtime = clients
+    a, b = [await _create(client, "echo", case) for client in (fast, routed)]
+    assert a.status_code == b.status_code
+    assert a.headers["content-type"] == b.headers["content-type"]
+    if name.startswith("ok"):
+        assert a.status_code == 201
+        made = [r.json() for r in (a, b)]
+        for body, response in zip(made, (a, b), strict=True):
+            assert response.headers["location"] == f"/v1/sessions/{body['id']}"
+            assert await runtime.store.get_session("default", body["id"])  # really stored
+        shape = [{k: v for k, v in m.items() if k not in ("id", "created_at", "updated_at",
+                                                          "expires_at")} for m in made]
+        assert shape[0] == shape[1]
+    else:
+        assert a.status_code in (400, 422) and a.json() == b.json()
+
+
+async def test_a_session_for_an_unknown_agent_matches(clients: Any) -> None:
+    fast, routed, _ = clients
+    a, b = [await _create(client, "nobody", {"json": {}}) for client in (fast, routed)]
+    assert a.status_code == b.status_code == 404 and a.json() == b.json()
+
+
 @pytest.mark.parametrize("case", NOT_JSON, ids=["text-plain", "none"])
 async def test_content_type_that_is_not_json(clients: Any, case: dict[str, Any]) -> None:
     fast, routed, _ = clients
@@ -157,7 +210,7 @@ def test_route_still_documented() -> None:
     assert "TurnCreate" in orjson.dumps(operation["requestBody"]).decode()
 
 
-async def test_turns_are_labelled_by_their_route_in_metrics_and_the_access_log() -> None:
+async def test_hot_paths_are_labelled_by_their_route_in_metrics() -> None:
     from roost.observability import Observability, ObservabilityConfig
     from tests.observability import scrape, value
 
@@ -174,6 +227,8 @@ async def test_turns_are_labelled_by_their_route_in_metrics_and_the_access_log()
         assert ok.headers["x-request-id"]  # the observability layer wraps the hot path too
         route = "/v1/sessions/{session_id}/turns"
         samples = scrape(obs)
+        assert value(samples, "roost_http_requests_total", route="/v1/agents/{name}/sessions",
+                     method="POST", status="201") == 1
         assert value(samples, "roost_http_requests_total", route=route, method="POST",
                      status="200") == 1
         assert value(samples, "roost_http_requests_total", route=route, method="POST",
@@ -198,3 +253,24 @@ async def test_a_bug_on_the_hot_path_is_a_logged_problem_500(
     assert "a bug" not in response.text  # details stay in the log
     assert any("a bug" in (r.exc_text or "") or (r.exc_info and "a bug" in str(r.exc_info[1]))
                for r in caplog.records)
+
+
+async def test_the_hot_paths_answer_without_their_fastapi_routes() -> None:
+    runtime = Runtime(Settings.model_validate({"store": {"url": "memory://"}}), [_agent()])
+    app = create_app(runtime)
+    hot = {"/v1/agents/{name}/sessions", "/v1/sessions/{session_id}/turns"}
+    app.api.router.routes[:] = [r for r in app.api.router.routes
+                                if getattr(r, "path", None) not in hot]
+    await runtime.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://roost") as client:
+            created = await client.post("/v1/agents/echo/sessions", json={"user_id": "ada"})
+            assert created.status_code == 201 and created.json()["user_id"] == "ada"
+            turn = await _turn(client, created.json()["id"], {"json": {"input": "hello"}})
+            assert turn.status_code == 200 and turn.json()["output"] == "hi there"
+            # and the rest is FastAPI's: the session can be read back through its route
+            got = await client.get(f"/v1/sessions/{created.json()['id']}")
+            assert got.status_code == 200
+    finally:
+        await runtime.close()
