@@ -107,9 +107,9 @@ class HotPath:
                 return await turns.respond(self.runtime, request.tenant, name, turn,
                                            request.accept is not None
                                            and b"text/event-stream" in request.accept, receive)
-            # The body is optional: without one, a session with nothing set.
-            body = (parse_body(request.body, request.content_type, SessionCreate)
-                    if request.body else SessionCreate())
+            # The body is optional: without one (or `null`), a session with nothing set.
+            body = parse_body(request.body, request.content_type, SessionCreate,
+                              absent=SessionCreate())
             if isinstance(body, Response):
                 return body
             return await created_session(self.runtime, request.tenant, name, body)
@@ -147,22 +147,24 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def parse_body(body: bytes, content_type: bytes | None, model: type[M]) -> M | Response:
+def parse_body(body: bytes, content_type: bytes | None, model: type[M], *,
+               absent: M | None = None) -> M | Response:
     """The request as a `model`, or the problem response saying what is wrong with it.
 
     As FastAPI treats a body: JSON only when the Content-Type says so (`application/json`,
     `application/*+json`); a missing one is not JSON (a browser form cannot send JSON
-    without a CORS preflight: one cannot post a turn for a user by tricking a page)."""
+    without a CORS preflight: one cannot post a turn for a user by tricking a page). An
+    optional body (`absent`: what it means when there is none) may be empty or `null`."""
     if not body:
-        return problems.invalid_body(_EMPTY_BODY)
+        return absent if absent is not None else problems.invalid_body(_EMPTY_BODY)
     if content_type is None or not _is_json(content_type):
         return problems.invalid_body(_NOT_JSON)
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return problems.malformed_json(exc.msg, exc.pos)
-    if data is None and model is SessionCreate:
-        return model()  # FastAPI reads an optional body's `null` as absent
+    if data is None and absent is not None:
+        return absent
     try:
         # from_attributes: FastAPI's wording for a body that is not an object.
         return model.model_validate(data, from_attributes=True)
