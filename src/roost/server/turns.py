@@ -40,7 +40,7 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
 def _event_stream(runtime: Runtime, handle: RunHandle) -> RunEventStream:
     policy = runtime.hosted(handle.run.agent).agent.policies.on_disconnect
     return RunEventStream(
-        handle, runtime.store, heartbeat_s=runtime.settings.server.heartbeat_s,
+        handle, runtime.replay_of(handle.run), heartbeat_s=runtime.settings.server.heartbeat_s,
         on_disconnect=(lambda h: h.cancel("disconnect")) if policy == "cancel" else None,
         headers={"X-Run-Id": handle.run.id})
 
