@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
-from roost.errors import InvalidInput, RoostError, StoreUnavailable
+from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
 from roost.runtime.admission import Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
@@ -77,6 +77,18 @@ class Turns:
         except BaseException:
             slot.release()
             raise
+        if rt.shared and lane_wait is None and hosted.agent.policies.double_texting == "reject":
+            # Across instances `reject` answers now, like the lane does in one process: a
+            # busy session is a 409 with nothing stored, not a failed run.
+            try:
+                handle.leased = await rt.leases.try_take(tenant, session_id)
+                if not handle.leased:
+                    raise SessionBusy("the session has an active run on another instance",
+                                      session_id=session_id)
+            except BaseException:
+                rt.lanes.leave((tenant, session_id), handle)
+                slot.release()
+                raise
         rt.runs[run.id] = handle
         rt.sessions.pin(live)
         handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
@@ -97,7 +109,7 @@ class Turns:
                     await hosted.resumed.wait()
             # The slot enforces the same deadline itself (RunTimeout), counted as expired.
             await slot.acquire()
-            if rt.shared:
+            if rt.shared and not handle.leased:
                 # No read of the session here: if another instance moved it on, the run's
                 # first append says so and the run catches up then (LiveSession.reload).
                 async with asyncio.timeout_at(deadline):

@@ -34,7 +34,13 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
         raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
                                "steps recorded before the outage are kept",
                                retry_after=runtime.settings.runtime.store_retry_s)
-    return json_response(turn_body(run, handle.events))
+    return json_response(turn_body(run, handle.events), headers=run_headers(run))
+
+
+def run_headers(run: RunRecord) -> dict[str, str]:
+    """Where a client finds its run again (re-attach, fetch the outcome) whatever happens
+    to this connection."""
+    return {"X-Run-Id": run.id, "Location": f"/v1/runs/{run.id}"}
 
 
 def _event_stream(runtime: Runtime, handle: RunHandle) -> RunEventStream:
@@ -42,7 +48,7 @@ def _event_stream(runtime: Runtime, handle: RunHandle) -> RunEventStream:
     return RunEventStream(
         handle, runtime.replay_of(handle.run), heartbeat_s=runtime.settings.server.heartbeat_s,
         on_disconnect=(lambda h: h.cancel("disconnect")) if policy == "cancel" else None,
-        headers={"X-Run-Id": handle.run.id})
+        headers=run_headers(handle.run))
 
 
 async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle,
