@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from roost.engine.budget import fit_to_budget
 from roost.engine.compaction import resume_context
@@ -22,7 +22,7 @@ from roost.runtime.agents import HostedAgent
 from roost.runtime.bus import RunChannel
 from roost.runtime.handle import RunHandle
 from roost.runtime.live_session import LiveSession
-from roost.sessions.records import RunRecord, now
+from roost.sessions.records import Event, RunRecord, now
 
 if TYPE_CHECKING:
     from roost.runtime.runtime import Runtime
@@ -30,6 +30,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("roost.runtime")
 
 RESUMABLE = ("interrupted", "running", "queued")
+TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+_STATUS_OF = {"run.completed": "completed", "run.cancelled": "cancelled",
+              "run.interrupted": "interrupted"}
+
+
+def apply_terminal(run: RunRecord, event: Event) -> None:
+    """Set the run's record from the terminal event its log holds."""
+    data = event.data
+    status = _STATUS_OF.get(event.type)
+    if status is None:  # run.failed: timed_out is a failure with its own status
+        error = data.get("error") or {}
+        status = "timed_out" if error.get("type") == "timed_out" else "failed"
+    run.status = status
+    if event.type == "run.completed":
+        run.output = data.get("output", run.output)
+        run.error = None
+    else:
+        run.error = data.get("error") or run.error
+
+
+def run_usage(run: RunRecord) -> dict[str, Any]:
+    return {"input_tokens": run.usage.input_tokens, "output_tokens": run.usage.output_tokens,
+            "cost": run.usage.cost}
 
 
 class Recovery:
@@ -123,3 +146,46 @@ class Recovery:
 
     def unsettled(self) -> int:
         return len(self._unsettled)
+
+    async def settle_forever(self) -> None:
+        """Record the end of runs that ended in an outage, once the store answers."""
+        retry = self.runtime.settings.runtime.store_retry_s
+        while True:
+            await self._settle_wake.wait()
+            for run_id, run in list(self._unsettled.items()):
+                try:
+                    await self.settle(run)
+                except RoostError as exc:
+                    log.info("run %s not settled yet: %s", run_id, exc)
+                    continue
+                self._unsettled.pop(run_id, None)
+            if not self._unsettled:
+                self._settle_wake.clear()
+            else:
+                await asyncio.sleep(retry)
+
+    async def settle(self, run: RunRecord) -> None:
+        """Make `run`'s record agree with its log: the log's terminal event when it has
+        one (an append that landed although the store failed to say so), else the run's
+        own end appended now. Raises `StoreUnavailable` while the store is still down."""
+        rt = self.runtime
+        live = await rt.sessions.get(run.tenant, run.session_id, rt.agents.policies_of)
+        await live.reload()
+        events = await rt.read_run_events(run.tenant, run)
+        ended = next((e for e in reversed(events) if e.type in TERMINAL_EVENTS), None)
+        if ended is not None:
+            apply_terminal(run, ended)
+            await live.record_run(run)
+            log.info("run %s settled from its log: %s", run.id, run.status)
+            return
+        if live.session.last_seq != (events[-1].seq if events else live.session.last_seq):
+            # A later turn moved the session on: record the run alone.
+            await live.record_run(run)
+            return
+        error = run.error or {"type": "store_unavailable",
+                              "message": "the store failed during the run"}
+        event_type = "run.cancelled" if run.status == "cancelled" else (
+            "run.interrupted" if run.status == "interrupted" else "run.failed")
+        await live.append([Event(type=event_type, run_id=run.id,
+                                 data={"error": error, "usage": run_usage(run)})], run=run)
+        log.info("run %s settled: %s recorded after the outage", run.id, run.status)

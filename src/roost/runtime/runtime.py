@@ -110,6 +110,7 @@ class Runtime:
         # The event loop's load, sampled: admin stats, and the adaptive admission limit.
         interval = (self.admission.limits.adaptive or AdaptiveConfig()).interval_s
         self.spawn(watch_loop(interval, self.admission.on_load), name="roost-loop-load")
+        self.spawn(self.recovery.settle_forever(), name="roost-settle")
         if self.shared:
             self.spawn(self.leases.renew_forever(), name="roost-lease-renewal")
         if self.settings.runtime.auto_resume:
