@@ -44,9 +44,10 @@ class FlakyStore(MemoryStore):
         await super().put_run(run)
 
 
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await condition():
+async def wait_until(condition: Any, within_s: float = 5.0) -> None:
+    async with asyncio.timeout(within_s):
+        # A condition on the store, which has no event to wait on: poll it, bounded.
+        while not await condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 

@@ -181,6 +181,7 @@ class Runner:
             if not message.tool_calls:
                 ctx.run.output = message.content or ""
                 ctx.run.status = "completed"
+                _release(ctx.run)
                 step.append(Event(type="run.completed", run_id=ctx.run.id,
                                   data={"output": ctx.run.output, "usage": _usage(ctx.run)}))
                 await self._append(step, with_run=True)
@@ -309,6 +310,7 @@ class Runner:
         ctx = self.ctx
         ctx.run.status = status
         ctx.run.error = data if event_type != "run.completed" else None
+        _release(ctx.run)
         try:
             await self._append([Event(type=event_type, run_id=ctx.run.id,
                                       data={"error": data, "usage": _usage(ctx.run)})],
@@ -323,6 +325,12 @@ class Runner:
             # ended. The runtime settles it from the log when the store answers again.
             ctx.unsettled = True
             ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
+
+
+def _release(run: RunRecord) -> None:
+    """A run that ended has no owner: nobody may take it over."""
+    run.owner = None
+    run.lease_expires_at = None
 
 
 def _usage(run: RunRecord) -> dict[str, Any]:

@@ -81,10 +81,10 @@ class SessionLeases:
             await self.renew()
 
     async def renew(self) -> None:
+        """One store call for everything this instance holds: its runs and its sessions."""
         rt = self.runtime
         try:
-            for tenant, session_id in list(self._held):
-                await rt.store.acquire_lease(tenant, session_id, rt.instance_id, self.ttl)
+            await rt.store.renew_ownership(rt.instance_id, self.ttl)
             self.renewals += 1
         except RoostError as exc:
             self.renewal_failures += 1

@@ -9,6 +9,7 @@ repeated (at-least-once execution for the call that was in flight, exactly-once 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,8 @@ log = logging.getLogger("roost.runtime")
 
 RESUMABLE = ("interrupted", "running", "queued")
 TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+# An interrupted run's log ends in run.interrupted, and it resumes after it.
+FINAL_EVENTS = TERMINAL_EVENTS - {"run.interrupted"}
 _STATUS_OF = {"run.completed": "completed", "run.cancelled": "cancelled",
               "run.interrupted": "interrupted"}
 
@@ -50,6 +53,11 @@ def apply_terminal(run: RunRecord, event: Event) -> None:
         run.error = data.get("error") or run.error
 
 
+def _release(run: RunRecord) -> None:
+    run.owner = None
+    run.lease_expires_at = None
+
+
 def run_usage(run: RunRecord) -> dict[str, Any]:
     return {"input_tokens": run.usage.input_tokens, "output_tokens": run.usage.output_tokens,
             "cost": run.usage.cost}
@@ -60,34 +68,109 @@ class Recovery:
         self.runtime = runtime
         self._unsettled: dict[str, RunRecord] = {}
         self._settle_wake = asyncio.Event()
+        self.takeovers = 0
 
     async def resume(self, tenant: str, run_id: str) -> RunHandle:
-        """Continue an interrupted run from its log: missing tool results first, else the
-        model. Completed tool calls are not repeated."""
+        """Continue a run from its log: missing tool results first, else the model.
+        Completed tool calls are not repeated. Manual resume, auto-resume and takeover all
+        claim the run first: exactly one claimant resumes it, the others get `Conflict`."""
         rt = self.runtime
-        if run_id in rt.runs:
+        if rt.live_run(tenant, run_id) is not None:
             raise Conflict(f"run {run_id} is already active", run_id=run_id)
         run = await rt.store.get_run(tenant, run_id)
         if run.status not in RESUMABLE:
             raise Conflict(f"run {run_id} is {run.status}; only interrupted runs resume",
                            run_id=run_id)
-        live = await rt.sessions.get(tenant, run.session_id, rt.agents.policies_of)
-        await live.reload()
-        hosted = rt.agents.hosted(live.session.agent)
-        events = await rt.store.tail_events(tenant, live.id, 10_000)
-        if not any(e.run_id == run_id and e.type == "run.started" for e in events):
-            raise RunNotFound(f"run {run_id} has no log to resume from", run_id=run_id)
-        messages = resume_context(events, run_id)
-        return self._start(run, hosted, live, messages)
+        claimed = await rt.store.claim_run(tenant, run_id, rt.instance_id, rt.leases.ttl)
+        if claimed is None:
+            raise Conflict(f"run {run_id} is being run by a live instance", run_id=run_id)
+        return await self._resume_claimed(claimed)
+
+    async def _resume_claimed(self, run: RunRecord) -> RunHandle:
+        """The run is ours (claimed): resume it at its place in the log, or close it when
+        the session moved on without it."""
+        rt = self.runtime
+        try:
+            live = await rt.sessions.get(run.tenant, run.session_id, rt.agents.policies_of)
+            await live.reload()
+            hosted = rt.agents.hosted(live.session.agent)
+            events = await rt.read_run_events(run.tenant, run)
+        except BaseException:
+            await self._give_back(run)
+            raise
+        if not any(e.type == "run.started" for e in events):
+            await self._close_orphan(run, "the run had not started when its instance stopped")
+            raise RunNotFound(f"run {run.id} has no log to resume from", run_id=run.id)
+        ended = next((e for e in reversed(events) if e.type in FINAL_EVENTS), None)
+        if ended is not None:  # its end is in the log: the record only has to agree
+            apply_terminal(run, ended)
+            _release(run)
+            await rt.store.put_run(run)
+            raise Conflict(f"run {run.id} already ended ({run.status})", run_id=run.id)
+        if events[-1].seq != live.session.last_seq:
+            # A later turn moved the session on: appending this run's steps now would put
+            # them after that turn's. Close it where it stands instead.
+            await self._close_orphan(run, "the session moved on while the run was interrupted")
+            raise Conflict(f"run {run.id} cannot resume: its session moved on", run_id=run.id)
+        tail = await rt.store.tail_events(run.tenant, live.id, 10_000)
+        return self._start(run, hosted, live, resume_context(tail, run.id))
+
+    async def _close_orphan(self, run: RunRecord, why: str) -> None:
+        run.status = "interrupted"
+        run.error = {"type": "orphaned", "message": why}
+        _release(run)
+        run.updated_at = now()
+        await self.runtime.store.put_run(run)
+        log.warning("run %s closed: %s", run.id, why)
+
+    async def _give_back(self, run: RunRecord) -> None:
+        """A claimed run we could not start: let its lease lapse now for another claimant."""
+        run.lease_expires_at = now()
+        with contextlib.suppress(RoostError):
+            await self.runtime.store.put_run(run)
+
+    async def take_over_forever(self) -> None:
+        """Every instance looks for runs whose owner died (lease expired), and, with
+        `auto_resume`, runs a shutdown interrupted; it claims each and resumes it."""
+        rt = self.runtime
+        interval = rt.settings.runtime.takeover_interval_s
+        while True:
+            await self.take_over()
+            await asyncio.sleep(interval)
+
+    async def take_over(self) -> int:
+        """One look; returns how many runs this instance took over."""
+        rt = self.runtime
+        if rt.draining:
+            return 0
+        try:
+            orphans = await rt.store.claimable_runs(
+                include_interrupted=rt.settings.runtime.auto_resume, limit=100)
+        except RoostError as exc:
+            log.warning("takeover: cannot list runs: %s", exc)
+            return 0
+        taken = 0
+        for orphan in orphans:
+            if rt.draining:
+                break
+            try:
+                claimed = await rt.store.claim_run(orphan.tenant, orphan.id, rt.instance_id,
+                                                   rt.leases.ttl)
+                if claimed is None:
+                    continue  # another instance was quicker
+                self.takeovers += 1
+                await self._resume_claimed(claimed)
+                taken += 1
+                log.info("took over run %s (previous owner %s)", orphan.id, orphan.owner)
+            except RoostError as exc:
+                log.info("takeover of run %s: %s", orphan.id, exc)
+        return taken
 
     def _start(self, run: RunRecord, hosted: HostedAgent, live: LiveSession,
                messages: list[Message]) -> RunHandle:
         rt = self.runtime
         loop = asyncio.get_running_loop()
         timeout = hosted.agent.limits.run_timeout_s
-        run.attempt += 1
-        run.status = "running"
-        run.error = None
         run.deadline = now() + timeout
         slot = rt.admission.reserve(run.tenant, deadline=time.monotonic() + timeout)
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
@@ -110,6 +193,11 @@ class Recovery:
         rt = self.runtime
         try:
             await slot.acquire()
+            if rt.shared:
+                # The dead owner's session lease lapses with its run lease: wait for it.
+                async with asyncio.timeout_at(deadline):
+                    await rt.leases.take(handle.run, policy="enqueue")
+                handle.leased = True
             await rt.executor.execute(handle, hosted, live, deadline,
                                       resume_messages=fit_to_budget(
                                           messages, hosted.agent.policies.history_token_budget,
@@ -120,22 +208,6 @@ class Recovery:
             await rt.executor.record_unstarted(handle, "failed", exc)
         finally:
             await rt.end_run(handle, live, slot)
-
-    async def auto_resume(self) -> None:
-        rt = self.runtime
-        tenants = {"default", *rt.settings.admission.tenants}
-        for tenant in tenants:
-            try:
-                runs = await rt.store.list_runs(tenant, status="interrupted", limit=1000)
-            except RoostError as exc:
-                log.warning("auto-resume: cannot list runs of %s: %s", tenant, exc)
-                continue
-            for run in runs:
-                try:
-                    await self.resume(tenant, run.id)
-                    log.info("auto-resumed run %s", run.id)
-                except RoostError as exc:
-                    log.warning("auto-resume of %s failed: %s", run.id, exc)
 
     # -- settling records after an outage ----------------------------------------------
     def settle_later(self, run: RunRecord) -> None:

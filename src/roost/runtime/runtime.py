@@ -111,10 +111,11 @@ class Runtime:
         interval = (self.admission.limits.adaptive or AdaptiveConfig()).interval_s
         self.spawn(watch_loop(interval, self.admission.on_load), name="roost-loop-load")
         self.spawn(self.recovery.settle_forever(), name="roost-settle")
-        if self.shared:
-            self.spawn(self.leases.renew_forever(), name="roost-lease-renewal")
-        if self.settings.runtime.auto_resume:
-            self.spawn(self.recovery.auto_resume(), name="roost-auto-resume")
+        # Renewal keeps this instance's runs and sessions owned; takeover adopts the runs of
+        # instances that died (and, with auto_resume, runs a shutdown interrupted).
+        self.spawn(self.leases.renew_forever(), name="roost-ownership-renewal")
+        if self.settings.runtime.takeover or self.settings.runtime.auto_resume:
+            self.spawn(self.recovery.take_over_forever(), name="roost-takeover")
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Refuse new turns, give in-flight runs `grace_s`, then interrupt what is left at its
@@ -312,6 +313,7 @@ class Runtime:
             "sessions_busy": len(self.lanes),
             "sessions_leased": self.leases.held(),
             "runs_unsettled": self.recovery.unsettled(),
+            "runs_taken_over": self.recovery.takeovers,
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),

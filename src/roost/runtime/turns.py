@@ -66,7 +66,8 @@ class Turns:
         loop = asyncio.get_running_loop()
         run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
                         agent=hosted.name, model=hosted.model.name, status="queued",
-                        input=text, deadline=now() + timeout)
+                        input=text, deadline=now() + timeout, owner=rt.instance_id,
+                        lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
                            stream=stream, done=loop.create_future())
         try:
