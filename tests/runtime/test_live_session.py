@@ -151,3 +151,29 @@ async def test_store_outage_while_recording_parallel_tool_results_is_store_unava
         assert run.error is not None and run.error["type"] == "store_unavailable"
     finally:
         await runtime.close()
+
+
+async def test_the_last_run_of_a_long_session_replays_whole() -> None:
+    """A session of more than 1,000 events: the replay of its last run has every event
+    (it used to read the session's first 1,000 events, then filter by run)."""
+    from roost.sessions import RunRecord
+
+    runtime = Runtime(Settings(store={"url": "memory://"}),
+                      [Agent(name="a", model=ScriptedModel(["ok"], repeat_last=True))])
+    await runtime.start()
+    try:
+        session = await runtime.create_session("default", "a")
+        version = (await runtime.store.get_session("default", session.id)).version
+        old = [Event(type="message", run_id="run_old", data={"role": "user", "content": "x"})
+               for _ in range(1200)]
+        version = await runtime.store.append("default", session.id, old, version)
+        mine = [Event(type="message", run_id="run_last", data={"role": "user", "content": "y"})
+                for _ in range(5)]
+        await runtime.store.append("default", session.id, mine, version)
+        run = RunRecord(id="run_last", session_id=session.id, agent="a")
+        replay = await runtime.read_run_events("default", run)
+        assert [e.seq for e in replay] == list(range(1201, 1206))
+        assert [e.seq for e in await runtime.read_run_events("default", run, after=1203)] == [
+            1204, 1205]
+    finally:
+        await runtime.close()
