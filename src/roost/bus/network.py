@@ -50,7 +50,7 @@ class NetworkBus:
         if problems := limits.problems():
             raise ConfigError("invalid bus limits", problems)
         self._hub = Hub(limits.subscription_buffer, self._on_first, self._on_last)
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._outbox: deque[tuple[str, bytes | None]] = deque()
         self._gapped: dict[str, None] = {}  # channels owed a gap marker (ordered set)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -94,22 +94,33 @@ class NetworkBus:
                 writer.cancel()
             await asyncio.wait(self._tasks)
         await self._disconnect_writer()
-        self._hub.dropped += len(self._outbox)
+        self._hub.dropped += sum(1 for _, payload in self._outbox if payload is not None)
         self._outbox.clear()
         self._hub.end_all()
 
     def publish(self, channel: str, payload: bytes) -> None:
         hub = self._hub
-        if (self._closing or len(self._outbox) >= self.limits.outbox_size
-                or (self.max_payload is not None and len(payload) > self.max_payload)):
+        if self._closing:
             hub.dropped += 1
-            if not self._closing and len(self._gapped) < self.limits.outbox_size:
-                self._gapped[channel] = None
-                self._wake.set()
             return
-        self._outbox.append((channel, payload))
-        hub.published += 1
+        if self.max_payload is not None and len(payload) > self.max_payload:
+            # Too big to send: in its place (in order), a gap marker -- re-read the store.
+            hub.dropped += 1
+            self._enqueue_gap(channel)
+        elif len(self._outbox) >= self.limits.outbox_size:
+            hub.dropped += 1
+            self._enqueue_gap(channel)  # (the outbox is full: sent after what it holds)
+        else:
+            self._outbox.append((channel, payload))
+            hub.published += 1
         self._wake.set()
+
+    def _enqueue_gap(self, channel: str) -> None:
+        # The outbox's bound also bounds the set of channels owed a gap marker.
+        if len(self._outbox) < self.limits.outbox_size:
+            self._outbox.append((channel, None))
+        elif len(self._gapped) < self.limits.outbox_size:
+            self._gapped[channel] = None
 
     def subscribe(self, channel: str) -> HubSubscription:
         return self._hub.subscription(channel)
@@ -160,7 +171,7 @@ class NetworkBus:
                 self._writer_ready = False
                 await self._disconnect_writer()
                 if self._closing:
-                    self._hub.dropped += len(batch)
+                    self._hub.dropped += sum(1 for _, payload in batch if payload is not None)
                     return
                 log.warning("bus writer (%s): %s; retrying in %.2fs",
                             self.backend, exc or type(exc).__name__, delay)
