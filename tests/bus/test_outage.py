@@ -182,3 +182,30 @@ async def test_postgres_oversize_payload_becomes_none(name: str) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+async def test_a_silent_connection_is_found_by_the_health_check(kind: str, name: str) -> None:
+    url, options = bus_options(kind, name)
+    async with TcpProxy("127.0.0.1", PORTS[kind]) as proxy:
+        a = open_bus(url, **options, limits=FAST)
+        b = open_bus(via(kind, url, proxy.port), **options, limits=FAST)
+        assert isinstance(b, NetworkBus)
+        await a.open()
+        await b.open()
+        try:
+            async with b.subscribe("c") as sub:
+                await proxy.stall()  # a black hole: no reset, no byte
+                a.publish("c", b"lost")
+                # Unanswered pings (health_check_s 0.5) give the connection up.
+                async with asyncio.timeout(5):
+                    await b.disconnected.wait()
+                await proxy.restore()
+                got = await receive(sub, 1)
+                while got[-1] is not None:  # ("lost" may get through when it flows again)
+                    got += await receive(sub, 1)
+                a.publish("c", b"back")
+                assert (await receive(sub, 1))[-1] == b"back"
+        finally:
+            await a.close()
+            await b.close()

@@ -55,6 +55,9 @@ class NetworkBus:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._listening = False
+        #: set while the listener is not connected and subscribed (readiness probes, tests)
+        self.disconnected = asyncio.Event()
+        self.disconnected.set()
         self._closing = False
         self._writer_ready = False
         self._writer_connected_once = False
@@ -190,6 +193,7 @@ class NetworkBus:
                         if self._hub.channels:
                             await self._listen_on(list(self._hub.channels))
                         self._listening = True
+                        self.disconnected.clear()
                         if self._listener_connected_once:
                             self._hub.reconnects += 1
                         self._listener_connected_once = True
@@ -204,6 +208,7 @@ class NetworkBus:
                             self.backend, exc or type(exc).__name__, delay)
             finally:
                 self._listening = False
+                self.disconnected.set()
                 self._first_attempt.set()
                 await self._disconnect_listener()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
