@@ -209,3 +209,30 @@ async def test_a_silent_connection_is_found_by_the_health_check(kind: str, name:
         finally:
             await a.close()
             await b.close()
+
+
+async def test_a_batch_the_server_refuses_is_dropped_with_a_gap_not_retried(
+        network_pair: tuple[NetworkBus, NetworkBus, str]) -> None:
+    from redis.exceptions import ResponseError
+
+    a, b, _ = network_pair
+    refusal = (ResponseError("READONLY You can't write against a read only replica.")
+               if a.backend == "redis" else asyncpg.exceptions.CharacterNotInRepertoireError(
+                   "invalid byte sequence"))
+    write = a._write
+    refused = []
+
+    async def refuse_once(batch: list[tuple[str, bytes | None]]) -> None:
+        if not refused:
+            refused.append(batch)
+            raise refusal
+        await write(batch)
+
+    a._write = refuse_once  # type: ignore[method-assign]
+    async with b.subscribe("c") as sub:
+        a.publish("c", b"refused")
+        assert await receive(sub, 1) == [None]
+        a.publish("c", b"next")
+        assert await receive(sub, 1) == [b"next"]
+    assert refused == [[("c", b"refused")]]
+    assert a.statistics().dropped == 1

@@ -80,8 +80,11 @@ class NetworkBus:
             asyncio.create_task(self._drain(), name=f"roost-bus-{self.backend}-writer"),
             asyncio.create_task(self._supervise(), name=f"roost-bus-{self.backend}-listener"),
         ]
-        async with asyncio.timeout(self.limits.connect_timeout_s * 2):
-            await self._first_attempt.wait()
+        try:  # (the attempt is bounded by connect_timeout_s: this guards against surprises)
+            async with asyncio.timeout(self.limits.connect_timeout_s * 2):
+                await self._first_attempt.wait()
+        except TimeoutError:
+            log.warning("bus (%s): not connected yet; still trying", self.backend)
 
     async def close(self) -> None:
         """Flush the outbox (up to `close_timeout_s`), stop both tasks, end subscriptions."""
@@ -173,6 +176,16 @@ class NetworkBus:
             except Exception as exc:  # any failure of the connection: reconnect and resend
                 self._writer_ready = False
                 await self._disconnect_writer()
+                if not self._retryable(exc):
+                    # The server refused the batch itself: sending it again would stall the
+                    # outbox for good. Its channels get a gap marker instead.
+                    log.error("bus writer (%s): batch refused, dropped: %s", self.backend, exc)
+                    for channel, payload in batch:
+                        if payload is not None:
+                            self._hub.dropped += 1
+                            self._enqueue_gap(channel)
+                    batch = []
+                    continue
                 if self._closing:
                     self._hub.dropped += sum(1 for _, payload in batch if payload is not None)
                     return
@@ -224,8 +237,9 @@ class NetworkBus:
             except Exception as exc:
                 # Not known to be live: force a reconnect, which will signal None to it.
                 log.warning("bus listener (%s): subscribe failed: %s", self.backend, exc)
-                self._listening = False
-                await self._abort_listener()
+                if self._listening:  # (else the supervisor already knows, and may have
+                    self._listening = False  # a new connection that must not be broken)
+                    await self._abort_listener()
 
     async def _on_last(self, channel: str) -> None:
         async with self._lock:
@@ -236,10 +250,16 @@ class NetworkBus:
                     await self._unlisten(channel)
             except Exception as exc:
                 log.warning("bus listener (%s): unsubscribe failed: %s", self.backend, exc)
-                self._listening = False
-                await self._abort_listener()
+                if self._listening:  # (else the supervisor already knows, and may have
+                    self._listening = False  # a new connection that must not be broken)
+                    await self._abort_listener()
 
     # -- backend hooks --------------------------------------------------------------------
+
+    def _retryable(self, exc: Exception) -> bool:
+        """Whether a failed write is worth sending again (a connection problem), or the
+        server refused the batch itself."""
+        return True
 
     async def _connect_writer(self) -> None:
         raise NotImplementedError

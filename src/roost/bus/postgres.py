@@ -32,6 +32,11 @@ from roost.bus.network import Batch, NetworkBus
 
 NOTIFY_LIMIT = 8000  # bytes, exclusive: PostgreSQL's limit on a NOTIFY payload
 _NOTIFY = "SELECT pg_notify($1, $2)"
+_TRANSIENT = (
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, terminated, ...
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, ...
+)
 
 
 def wire_channel(schema: str, channel: str) -> str:
@@ -116,6 +121,11 @@ class PostgresBus(NetworkBus):
             args.append(item)
             seen.add(item)
         await conn.executemany(_NOTIFY, args)
+
+    def _retryable(self, exc: Exception) -> bool:
+        # An error the server answered (bad encoding, ...) will recur; the loss of the
+        # connection, a shutdown or too many connections will not.
+        return not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, _TRANSIENT)
 
     # -- listener -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio.connection as rconn
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
 
 from roost.bus.base import BusLimits
 from roost.bus.network import Batch, NetworkBus
@@ -80,6 +81,10 @@ class RedisBus(NetworkBus):
         await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
         for _ in commands:
             await conn.read_response()
+
+    def _retryable(self, exc: Exception) -> bool:
+        # An error reply (READONLY replica, OOM, ...) is the server refusing the batch.
+        return not isinstance(exc, ResponseError)
 
     # -- listener -------------------------------------------------------------------------
 
