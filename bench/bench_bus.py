@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from roost.bus import open_bus  # noqa: E402
+from roost.bus import BusLimits, open_bus  # noqa: E402
 from roost.runtime.follow import decode_events, encode_events  # noqa: E402
 from roost.sessions.records import Event  # noqa: E402
 
@@ -42,8 +42,12 @@ URLS = {
 }
 
 
+TICK_S = 0.005
+LIMITS = BusLimits()
+
+
 def options(backend: str, name: str) -> dict[str, Any]:
-    return {"prefix": f"bench{name}:", "schema": f"bench{name}"}
+    return {"prefix": f"bench{name}:", "schema": f"bench{name}", "limits": LIMITS}
 
 
 async def subscriber(backend: str, name: str, channels: int, n: int,
@@ -96,7 +100,7 @@ async def publisher(backend: str, name: str, channels: int, n: int, rate: float,
     bus = open_bus(URLS[backend], **options(backend, name))
     await bus.open()
     filler = "x" * max(0, size - 150)
-    tick = 0.005  # publish in 5 ms ticks: a steady rate without a timer per message
+    tick = TICK_S  # publish in ticks: a steady rate without a timer per message
     per_tick = max(1, round(rate * tick))
     loop = asyncio.get_running_loop()
     in_publish = 0.0
@@ -144,7 +148,8 @@ def bench(backend: str, args: argparse.Namespace) -> None:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] / 1e6
 
-    print(f"{backend:9} n={args.n} rate={args.rate:.0f}/s channels={args.channels} "
+    print(f"{backend:9} n={args.n} rate={args.rate:.0f}/s tick={args.tick_ms}ms "
+          f"linger={args.linger_ms}ms channels={args.channels} "
           f"size~{args.size}B | latency p50 {pct(0.50):.2f} ms  p99 {pct(0.99):.2f} ms  "
           f"max {lat[-1] / 1e6:.2f} ms  mean {statistics.fmean(lat) / 1e6:.2f} ms | "
           f"lost {args.n - len(lat)} gaps {gaps} | per msg: hot path (Event+encode+publish) "
@@ -160,7 +165,14 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="messages per second")
     parser.add_argument("--channels", type=int, default=20)
     parser.add_argument("--size", type=int, default=300, help="approximate payload bytes")
+    parser.add_argument("--tick-ms", type=float, default=5.0,
+                        help="publish every this many ms (rate * tick messages at a time)")
+    parser.add_argument("--linger-ms", type=float, default=BusLimits.linger_s * 1000,
+                        help="BusLimits.linger_s, in ms")
     args = parser.parse_args()
+    global TICK_S, LIMITS
+    TICK_S = args.tick_ms / 1000
+    LIMITS = BusLimits(linger_s=args.linger_ms / 1000)
     for backend in (["redis", "postgres"] if args.backend == "all" else [args.backend]):
         bench(backend, args)
 

@@ -51,6 +51,9 @@ class BusLimits:
 
     outbox_size: int = 10_000  # messages waiting for the writer before publish() drops
     max_batch: int = 512  # messages per round trip
+    # An idle writer waits this long for more before sending. With events arriving one per
+    # loop iteration, 2 ms halved the CPU per message (bench_bus --tick-ms 1) for +1.3 ms p50.
+    linger_s: float = 0.002
     subscription_buffer: int = 1_024  # per subscription; overflow drops the oldest
     connect_timeout_s: float = 3.0  # connecting, and each command on the connections
     health_check_s: float = 5.0  # ping an idle listener this often; twice without answer: dead
@@ -66,6 +69,8 @@ class BusLimits:
             out.append(("bus.max_batch", "must be >= 1"))
         if self.subscription_buffer < 2:
             out.append(("bus.subscription_buffer", "must be >= 2"))
+        if self.linger_s < 0:
+            out.append(("bus.linger_s", "must be >= 0"))
         if self.connect_timeout_s <= 0 or self.health_check_s <= 0:
             out.append(("bus.timeouts", "must be > 0"))
         if not 0 < self.backoff_min_s <= self.backoff_max_s:

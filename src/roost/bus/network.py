@@ -161,6 +161,10 @@ class NetworkBus:
                         return
                     self._wake.clear()
                     await self._wake.wait()
+                    if self.limits.linger_s and not self._closing:
+                        # Let a burst gather: one round trip (and one wake-up) for many
+                        # messages, which is most of the CPU a message costs.
+                        await asyncio.sleep(self.limits.linger_s)
                     continue
             try:
                 async with asyncio.timeout(self.limits.connect_timeout_s):
