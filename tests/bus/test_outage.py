@@ -236,3 +236,21 @@ async def test_a_batch_the_server_refuses_is_dropped_with_a_gap_not_retried(
         assert await receive(sub, 1) == [b"next"]
     assert refused == [[("c", b"refused")]]
     assert a.statistics().dropped == 1
+
+
+async def test_redis_reloads_its_script_when_the_server_lost_it(name: str) -> None:
+    url, options = bus_options("redis", name)
+    a, b = open_bus(url, **options, limits=FAST), open_bus(url, **options, limits=FAST)
+    await a.open()
+    await b.open()
+    try:
+        async with b.subscribe("c") as sub:
+            a.publish("c", b"1")
+            assert await receive(sub, 1) == [b"1"]
+            a._script = b"0" * 40  # type: ignore[attr-defined]  # as after SCRIPT FLUSH
+            a.publish("c", b"2")
+            assert await receive(sub, 1) == [b"2"]  # NOSCRIPT: reconnect, load, send again
+        assert a.statistics().dropped == 0 and a.statistics().reconnects == 1
+    finally:
+        await a.close()
+        await b.close()

@@ -11,8 +11,9 @@ Payloads. NOTIFY carries text shorter than 8000 bytes. A payload goes as `m` + i
 or (not UTF-8, or holding a NUL) `b` + base64; `g` alone is a gap marker. A payload that does
 not fit is not sent: its channel gets a gap marker, so subscribers re-read the store.
 
-The writer sends a batch as one pipelined `executemany` of `pg_notify`: one round trip and one
-transaction, so a batch is delivered whole and in order. PostgreSQL folds identical
+The writer sends a batch as one statement (`pg_notify` over `unnest` of two arrays): one round
+trip and one transaction, so a batch is delivered whole and in order, and NOTIFY's commit-time
+queue lock is taken once per batch, not per message. PostgreSQL folds identical
 notifications within one transaction into one, so a batch is split where a (channel, payload)
 pair repeats. The listener is one dedicated connection: LISTEN per channel, a `SELECT 1` when
 idle for `health_check_s`, and asyncpg's termination callback to notice a lost connection.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 from typing import Any
 
@@ -31,7 +33,9 @@ from roost.bus.base import BusLimits
 from roost.bus.network import Batch, NetworkBus
 
 NOTIFY_LIMIT = 8000  # bytes, exclusive: PostgreSQL's limit on a NOTIFY payload
-_NOTIFY = "SELECT pg_notify($1, $2)"
+# One statement for a batch: the function scan yields the rows, and so the notifications,
+# in array order.
+_NOTIFY = "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)"
 _TRANSIENT = (
     asyncpg.PostgresConnectionError,  # class 08
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, terminated, ...
@@ -39,6 +43,7 @@ _TRANSIENT = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def wire_channel(schema: str, channel: str) -> str:
     digest = hashlib.blake2b(f"{schema}\0{channel}".encode(), digest_size=12).hexdigest()
     return f"roost.{schema[:20]}.{digest}"
@@ -107,20 +112,22 @@ class PostgresBus(NetworkBus):
         conn = self._wconn
         assert conn is not None
         schema = self._schema
-        args: list[tuple[str, str]] = []
+        channels: list[str] = []
+        texts: list[str] = []
         seen: set[tuple[str, str]] = set()
         for channel, payload in batch:
             text = encode_payload(payload)
             if len(text) >= NOTIFY_LIMIT // 4 and len(text.encode()) >= NOTIFY_LIMIT:
                 text = "g"  # too big (base64 grew it past the limit): subscribers re-read
                 self._hub.dropped += 1
-            item = (wire_channel(schema, channel), text)
-            if item in seen:  # PostgreSQL would fold it into the earlier one
-                await conn.executemany(_NOTIFY, args)
-                args, seen = [], set()
-            args.append(item)
-            seen.add(item)
-        await conn.executemany(_NOTIFY, args)
+            wire = wire_channel(schema, channel)
+            if (wire, text) in seen:  # PostgreSQL would fold it into the earlier one
+                await conn.execute(_NOTIFY, channels, texts)
+                channels, texts, seen = [], [], set()
+            channels.append(wire)
+            texts.append(text)
+            seen.add((wire, text))
+        await conn.execute(_NOTIFY, channels, texts)
 
     def _retryable(self, exc: Exception) -> bool:
         # An error the server answered (bad encoding, ...) will recur; the loss of the
