@@ -9,6 +9,15 @@
 `memory://` and `sqlite://` get the in-process `LocalBus` (one instance); `redis://` and
 `rediss://` a `RedisBus` (pub/sub); `postgresql://` and `postgres://` a `PostgresBus`
 (LISTEN/NOTIFY). The network backends are imported only when asked for.
+
+Channels. A channel is cheap on the server but costs a subscription (and, on PostgreSQL, a
+LISTEN round trip) per follower, so name them by what is followed, not by what is sent:
+`run:<run_id>` for a run's events (see `roost.runtime.follow.run_channel`), one
+`instance:<instance_id>` per instance for commands meant for the owner of a run (cancel,
+interrupt: the run record names its owner), one `fleet` channel for broadcasts (an agent
+paused or resumed). The bus is a hint, never the record: write the change to the store first,
+then publish; a subscriber that gets `None` re-reads the store (its runs' records, the
+agents' states) instead of trusting that it heard everything.
 """
 
 from __future__ import annotations
