@@ -196,3 +196,40 @@ def test_payload_round_trip() -> None:
     import msgspec
 
     assert decode_events(msgspec.json.encode(single)) == [single]
+
+
+async def test_no_gap_no_duplicate_under_random_loss_duplication_and_overflow() -> None:
+    import random
+
+    for seed in range(20):
+        rng = random.Random(seed)
+        bus = LocalBus(limits=BusLimits(subscription_buffer=rng.choice([2, 3, 8, 64])))
+        log = FakeLog(bus, page=rng.choice([1, 3, 100]))
+        for _ in range(rng.randrange(5)):
+            log.persist()
+        follower = follow_run(bus, CHANNEL, log.read_after, after_seq=0,
+                              idle_s=0.05, is_terminal=is_terminal)
+        got = seqs(await next_batch(follower))
+        total = 60
+        while len(log.events) < total:
+            for _ in range(rng.randrange(1, 6)):  # a burst, then the follower reads
+                if len(log.events) >= total:
+                    break
+                kind = "run.completed" if len(log.events) == total - 1 else "message"
+                roll = rng.random()
+                if roll < 0.15:
+                    log.persist(kind)  # publish lost
+                elif roll < 0.3:
+                    event = log.append(kind)
+                    bus.publish(CHANNEL, encode_events([event]))  # delivered twice
+                else:
+                    log.append(kind)
+                if rng.random() < 0.2:
+                    log.delta()
+            if len(log.events) < total or rng.random() < 0.5:
+                batch = await next_batch(follower)
+                got += seqs([e for e in batch if e.seq])
+        async with asyncio.timeout(5):
+            async for batch in follower:
+                got += seqs([e for e in batch if e.seq])
+        assert got == list(range(1, total + 1)), seed
