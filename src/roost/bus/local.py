@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from roost.bus.base import BusLimits, BusStatistics
 from roost.bus.hub import Hub, HubSubscription
+from roost.errors import ConfigError
 
 
 class LocalBus:
@@ -21,6 +22,8 @@ class LocalBus:
 
     def __init__(self, *, limits: BusLimits | None = None) -> None:
         self.limits = limits or BusLimits()
+        if problems := self.limits.problems():
+            raise ConfigError("invalid bus limits", problems)
         self._hub = Hub(self.limits.subscription_buffer)
 
     async def open(self) -> None:

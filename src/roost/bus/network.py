@@ -206,16 +206,20 @@ class NetworkBus:
             try:
                 async with asyncio.timeout(self.limits.connect_timeout_s):
                     await self._connect_listener()
-                    async with self._lock:
-                        if self._hub.channels:
-                            await self._listen_on(list(self._hub.channels))
-                        self._listening = True
-                        self.disconnected.clear()
-                        if self._listener_connected_once:
-                            self._hub.reconnects += 1
-                        self._listener_connected_once = True
-                        # Subscribed again, now: whatever was published while away is lost.
-                        self._hub.gap_all()
+                # Subscribing again may take a round trip per channel (LISTEN): the timeout
+                # grows with their number, or a busy instance could never reconnect.
+                channels = len(self._hub.channels)
+                async with (asyncio.timeout(self.limits.connect_timeout_s * (1 + channels / 200)),
+                            self._lock):
+                    if self._hub.channels:
+                        await self._listen_on(list(self._hub.channels))
+                    self._listening = True
+                    self.disconnected.clear()
+                    if self._listener_connected_once:
+                        self._hub.reconnects += 1
+                    self._listener_connected_once = True
+                    # Subscribed again, now: whatever was published while away is lost.
+                    self._hub.gap_all()
                 self._first_attempt.set()
                 delay = self.limits.backoff_min_s
                 await self._run_listener()
