@@ -254,3 +254,22 @@ async def test_redis_reloads_its_script_when_the_server_lost_it(name: str) -> No
     finally:
         await a.close()
         await b.close()
+
+
+async def test_many_channels_on_one_connection_all_come_back(
+        network_pair: tuple[NetworkBus, NetworkBus, str]) -> None:
+    a, b, name = network_pair
+    subs = [b.subscribe(f"run:{i}") for i in range(200)]
+    for sub in subs:
+        await sub.__aenter__()
+    try:
+        assert await kill_connections(b.backend, name) == 2  # both listeners (no writer yet)
+        for sub in subs:
+            assert await receive(sub, 1) == [None]
+        for i in range(200):
+            a.publish(f"run:{i}", b"%d" % i)
+        for i, sub in enumerate(subs):
+            assert await receive(sub, 1) == [b"%d" % i]
+    finally:
+        for sub in subs:
+            await sub.__aexit__(None, None, None)
