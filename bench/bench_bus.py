@@ -167,7 +167,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300, help="approximate payload bytes")
     parser.add_argument("--tick-ms", type=float, default=5.0,
                         help="publish every this many ms (rate * tick messages at a time)")
-    parser.add_argument("--linger-ms", type=float, default=BusLimits.linger_s * 1000,
+    parser.add_argument("--linger-ms", type=float, default=BusLimits().linger_s * 1000,
                         help="BusLimits.linger_s, in ms")
     args = parser.parse_args()
     global TICK_S, LIMITS
