@@ -133,3 +133,22 @@ def test_open_bus_picks_the_backend(tmp_path: Any) -> None:
         open_bus("nope://x")
     with pytest.raises(ConfigError):
         open_bus("no-scheme")
+
+
+async def test_a_subscribe_cancelled_midway_leaves_nothing_behind(
+        network_pair: tuple[Any, Any, str]) -> None:
+    _, b, _ = network_pair
+    reached = asyncio.Event()
+
+    async def stuck(channels: list[str]) -> None:  # the server takes forever to confirm
+        reached.set()
+        await asyncio.Event().wait()
+
+    b._listen_on = stuck
+    entering = asyncio.create_task(b.subscribe("c").__aenter__())
+    async with asyncio.timeout(5):
+        await reached.wait()
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    assert b.statistics().subscriptions == 0

@@ -113,7 +113,12 @@ class Hub:
             subs = self.channels[sub.channel] = set()
         subs.add(sub)
         if len(subs) == 1 and self._on_first is not None:
-            await self._on_first(sub.channel)
+            try:
+                await self._on_first(sub.channel)
+            except BaseException:  # cancelled while subscribing: __aexit__ will not run
+                sub.end()
+                await self.detach(sub)
+                raise
 
     async def detach(self, sub: HubSubscription) -> None:
         subs = self.channels.get(sub.channel)
