@@ -92,6 +92,10 @@ class Subscription(Protocol):
 
     async def __anext__(self) -> bytes | None: ...
 
+    def take_buffered(self) -> list[bytes | None]:
+        """Everything buffered now, without waiting (to batch a burst)."""
+        ...
+
 
 class FleetBus(Protocol):
     """Messages between the instances of a fleet; see the module docstring."""

@@ -57,6 +57,11 @@ class HubSubscription:
                 self._waiter = None
         return self._buffer.popleft()
 
+    def take_buffered(self) -> list[bytes | None]:
+        taken = list(self._buffer)
+        self._buffer.clear()
+        return taken
+
     def deliver(self, payload: bytes | None) -> bool:
         """Buffer one payload (None: a gap); False when the oldest had to be dropped."""
         if self._closed:

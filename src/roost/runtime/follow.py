@@ -92,6 +92,13 @@ async def follow_run(
                 yield await follower.fill()
                 continue
             batch = await (follower.fill() if payload is None else follower.live(payload))
+            # What else is waiting goes in the same batch: one SSE write for a burst.
+            for payload in subscription.take_buffered():
+                if follower.done:
+                    break
+                if payload is None:
+                    batch = [e for e in batch if e.seq]  # (deltas before a gap: see live())
+                batch += await (follower.fill() if payload is None else follower.live(payload))
             if batch or follower.done:
                 yield batch
 
