@@ -21,6 +21,10 @@ never persisted, are only published). A follower on another instance:
    message lost without a trace, say the run's last event published while Redis was away --
    and `[]` is yielded if it brings nothing (the caller sends an SSE heartbeat).
 
+Seqs are the session's: when another run of the session appended in between, the jump reads
+the log once more (read_after filters by run) and goes on. A batch holds one bus message plus
+whatever else was already buffered (a burst is one SSE write).
+
 The first batch (the catch-up) is yielded even when empty: once the caller has it, the
 follower is subscribed and caught up. It stops after yielding an event for which
 `is_terminal(event)` is true, or when the bus closes.
