@@ -129,6 +129,8 @@ def test_open_bus_picks_the_backend(tmp_path: Any) -> None:
     assert open_bus("redis://127.0.0.1:6379/0", prefix="x:", schema="ignored").backend == "redis"
     assert open_bus("postgresql://u@h/db", schema="s").backend == "postgres"
     assert open_bus("postgres://u@h/db").backend == "postgres"
+    # Pub/sub ignores the database: by default the prefix carries it.
+    assert open_bus("redis://127.0.0.1:6379/15")._prefix == "roost:db15:"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         open_bus("nope://x")
     with pytest.raises(ConfigError):

@@ -2,8 +2,9 @@
 
     bus = RedisBus("redis://cache:6379/0", prefix="roost:")
 
-Channel `c` is the Redis channel `{prefix}c` (pub/sub ignores the database number: the prefix
-is what keeps two fleets -- or two tests -- apart on one server). Every message is the payload
+Channel `c` is the Redis channel `{prefix}c`. Pub/sub ignores the database number, so the
+prefix is what keeps two fleets (or two tests) apart on one server: by default it is
+`roost:db<N>:`, N the URL's database, so fleets kept apart by database stay apart here too. Every message is the payload
 behind a one-byte tag: `m` + payload, or `g` alone for a gap marker (see `network`).
 
 Two plain redis-py connections (not its `PubSub` helper, whose hidden reconnect and resubscribe
@@ -37,10 +38,9 @@ _SUBSCRIBE = b"subscribe"
 class RedisBus(NetworkBus):
     backend = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "roost:", client_name: str = "roost-bus",
+    def __init__(self, url: str, *, prefix: str | None = None, client_name: str = "roost-bus",
                  limits: BusLimits | None = None) -> None:
         super().__init__(limits)
-        self._prefix = prefix
         ct = self.limits.connect_timeout_s
         common: dict[str, Any] = {
             "decode_responses": False, "socket_connect_timeout": ct,
@@ -52,6 +52,9 @@ class RedisBus(NetworkBus):
             self._listener_pool = rconn.ConnectionPool.from_url(url, socket_timeout=None, **common)
         except ValueError as exc:
             raise ConfigError(f"redis bus: {exc}", [("bus.url", str(exc))]) from exc
+        if prefix is None:
+            prefix = f"roost:db{self._writer_pool.connection_kwargs.get('db', 0)}:"
+        self._prefix = prefix
         self._wconn: rconn.AbstractConnection | None = None
         self._script: bytes = b""  # the SHA1 of _PUBLISH_MANY on the writer's server
         self._lconn: rconn.AbstractConnection | None = None
