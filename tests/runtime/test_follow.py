@@ -6,7 +6,13 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from roost.bus import BusLimits, LocalBus
-from roost.runtime.follow import decode_events, encode_events, follow_run, run_channel
+from roost.runtime.follow import (
+    decode_events,
+    encode_events,
+    follow_run,
+    publish_events,
+    run_channel,
+)
 from roost.sessions.records import Event
 
 CHANNEL = run_channel("r1")
@@ -39,7 +45,7 @@ class FakeLog:
 
     def append(self, type: str = "message") -> Event:
         event = self.persist(type)
-        self.bus.publish(CHANNEL, encode_events([event]))
+        publish_events(self.bus, "r1", [event])
         return event
 
     def delta(self, text: str = "x") -> Event:

@@ -62,6 +62,12 @@ def encode_events(events: Sequence[Event]) -> bytes:
     return _encoder.encode(events)
 
 
+def publish_events(bus: FleetBus, run_id: str, events: Sequence[Event]) -> None:
+    """The publisher side, after the append returned (persisted events carry their seq):
+    `publish_events(bus, run.id, appended)`; deltas as they stream. Never blocks."""
+    bus.publish(run_channel(run_id), _encoder.encode(events))
+
+
 def decode_events(payload: bytes) -> list[Event]:
     """The events of one bus payload (a JSON array, or a single JSON object)."""
     if payload[:1] == b"{":
