@@ -10,6 +10,8 @@ enqueues, the bus's writer task batches what is waiting into one round trip. The
 receives and decodes them. Both stamp `time.perf_counter_ns()` (CLOCK_MONOTONIC, one clock
 for the whole machine), so the latency is publish() -> decoded in the other process.
 
+With `--saturate`: only the CPU per message of publish + the writer at full batches.
+
 Prints per backend: p50/p99/max latency, messages lost, the hot-path cost per message
 (building the Event, encode_events, publish), and process CPU per message on each side,
 with the same publishing loop on the in-process bus for comparison (the harness's own cost:
@@ -158,6 +160,27 @@ def bench(backend: str, args: argparse.Namespace) -> None:
           f" subscriber process {sub_cpu / max(1, len(lat)) * 1e6:.1f} us | dropped {stats.dropped}")
 
 
+async def saturate(backend: str, n: int, size: int) -> None:
+    """The writer's CPU per message at full batches: bursts of 1000, nobody subscribed."""
+    name = uuid.uuid4().hex[:8]
+    bus = open_bus(URLS[backend], **options(backend, name))
+    await bus.open()
+    payload = encode_events([Event(type="message.delta", data={"text": "x" * max(0, size - 80)})])
+    cpu0 = time.process_time()
+    for sent in range(0, n, 1000):
+        for i in range(min(1000, n - sent)):
+            bus.publish(f"run:{i % 20}", payload)
+        await bus.close() if sent + 1000 >= n else await _drained(bus)
+    cpu = time.process_time() - cpu0
+    print(f"{backend:9} saturated: {cpu / n * 1e6:.1f} us of CPU per message "
+          f"(publish + writer, bursts of 1000, ~{len(payload)}B)")
+
+
+async def _drained(bus: Any) -> None:
+    while bus.statistics().queued:  # noqa: ASYNC110 (a bench: no event to wait on)
+        await asyncio.sleep(0.001)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="all", choices=["redis", "postgres", "all"])
@@ -169,12 +192,17 @@ def main() -> None:
                         help="publish every this many ms (rate * tick messages at a time)")
     parser.add_argument("--linger-ms", type=float, default=BusLimits().linger_s * 1000,
                         help="BusLimits.linger_s, in ms")
+    parser.add_argument("--saturate", action="store_true",
+                        help="only the writer's CPU per message at full batches")
     args = parser.parse_args()
     global TICK_S, LIMITS
     TICK_S = args.tick_ms / 1000
     LIMITS = BusLimits(linger_s=args.linger_ms / 1000)
     for backend in (["redis", "postgres"] if args.backend == "all" else [args.backend]):
-        bench(backend, args)
+        if args.saturate:
+            asyncio.run(saturate(backend, args.n * 8, args.size))
+        else:
+            bench(backend, args)
 
 
 if __name__ == "__main__":
