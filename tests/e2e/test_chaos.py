@@ -35,6 +35,10 @@ burst = 10000
 """
 
 
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 async def _turn(http: httpx.AsyncClient, url: str, session: str, text: str) -> int | None:
     try:
         return (await http.post(f"{url}/v1/sessions/{session}/turns",
@@ -55,7 +59,7 @@ async def _chaos(servers: list[ServerProcess], marker: Path) -> None:
                                              f"act on Item{i}x{k}"))
                  for i, session in enumerate(sessions) for k in range(2)]
         deadline = time.monotonic() + 60
-        while not marker.exists() or len(marker.read_text().splitlines()) < TURNS // 4:
+        while await asyncio.to_thread(_lines, marker) < TURNS // 4:
             assert time.monotonic() < deadline, "the turns never reached their tools"
             await asyncio.sleep(0.05)
         kill9(servers[0])
@@ -84,7 +88,7 @@ async def _chaos(servers: list[ServerProcess], marker: Path) -> None:
 
     statuses = collections.Counter(answers)
     assert statuses[200] >= TURNS // 3, statuses  # the survivors answered most
-    executions = collections.Counter(marker.read_text().split())
+    executions = collections.Counter((await asyncio.to_thread(marker.read_text)).split())
     recorded: collections.Counter[str] = collections.Counter()
     for events in logs:
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
