@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -54,8 +54,8 @@ from roost.sessions.migrate import (
     quote_ident,
     url_errors,
 )
-from roost.sessions.records import Event, Page, RunRecord, Session, Usage
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.records import Event, IdempotencyRecord, Page, RunRecord, Session, Usage
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
     UsageTotals,
@@ -764,6 +764,42 @@ class PostgresStore:
             if len(rows) < self.expire_batch_size:
                 return total
 
+
+    # -- the fleet (issue 11): being ported to this backend ------------------------
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        raise StoreError("read_run_events: not yet on this backend")
+
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        raise StoreError("claim_run: not yet on this backend")
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        raise StoreError("renew_ownership: not yet on this backend")
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        raise StoreError("claimable_runs: not yet on this backend")
+
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        raise StoreError("claim_idempotency_key: not yet on this backend")
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        raise StoreError("set_agent_state: not yet on this backend")
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        raise StoreError("agent_states: not yet on this backend")
 
 def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:

@@ -43,7 +43,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -59,8 +59,8 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import Event, Page, RunRecord, Session, now
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.records import Event, IdempotencyRecord, Page, RunRecord, Session, now
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
     UsageTotals,
@@ -406,6 +406,42 @@ class SQLiteStore:
             total += deleted
             if deleted < _EXPIRE_CHUNK:
                 return total
+
+    # -- the fleet (issue 11): being ported to this backend ------------------------
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        raise StoreError("read_run_events: not yet on this backend")
+
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        raise StoreError("claim_run: not yet on this backend")
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        raise StoreError("renew_ownership: not yet on this backend")
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        raise StoreError("claimable_runs: not yet on this backend")
+
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        raise StoreError("claim_idempotency_key: not yet on this backend")
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        raise StoreError("set_agent_state: not yet on this backend")
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        raise StoreError("agent_states: not yet on this backend")
 
     # -- plumbing ---------------------------------------------------------------
     def _write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
