@@ -713,7 +713,7 @@ async def test_one_mebibyte_state_and_event(store: Store) -> None:
 
 # -- the fleet: run ownership, run events, idempotency keys, agent states -----------------
 # Backends with the fleet methods so far; the others are being ported (issue 11).
-FLEET_BACKENDS = {"memory", "postgres"}
+FLEET_BACKENDS = {"memory", "postgres", "sqlite"}
 _FLEET_TESTS: set[str] = set()
 
 

@@ -83,8 +83,44 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         columns = {row[1]: row for row in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
     assert columns["model"][2:5] == ("TEXT", 1, "''")  # type, NOT NULL, default
+    assert columns["owner"][2:5] == ("TEXT", 0, None)
+    assert columns["lease_expires_at"][2:5] == ("REAL", 0, None)
+
+
+async def test_sqlite_version_3_owns_runs_and_answers_the_fleet_from_indexes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "roost.db"
+    write_version_1_database(path)
+    store = SQLiteStore(str(path))
+    await store.open()
+    try:
+        old = await store.get_run(T, "r-old")
+        assert (old.owner, old.lease_expires_at) == (None, None)
+        assert await store.claim_run(T, "r-old", "i-1", 30.0) is None  # completed
+        await store.put_run(RunRecord(id="r-new", session_id="s1", tenant=T, agent="helper",
+                                      status="queued"))
+        claimed = await store.claim_run(T, "r-new", "i-1", 30.0)
+        assert claimed is not None and claimed.owner == "i-1"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        plans = {
+            name: " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            for name, sql, args in (
+                ("claimable", sqlite_module._CLAIMABLE_RUNS, (0.0, 10, True, 0.0, 10, 10)),
+                ("run events", "SELECT seq FROM events WHERE tenant = ? AND session_id = ?"
+                 " AND run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (T, "s1", "r", 0, 10)),
+                ("renew", "UPDATE runs SET lease_expires_at = 1 WHERE owner = ?"
+                 " AND status NOT IN ('completed')", ("i-1",)),
+            )
+        }
+    conn.close()
+    assert "runs_by_lease" in plans["claimable"] and "runs_interrupted" in plans["claimable"]
+    assert "events_by_run" in plans["run events"], plans
+    assert "runs_by_owner" in plans["renew"], plans
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------
