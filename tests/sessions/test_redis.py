@@ -134,9 +134,9 @@ async def test_native_ttl_on_every_key_of_the_session(
     expires_at = time.time() + 3600.25
     await store.create_session(Session(id="s1", tenant=T, agent="bot", expires_at=expires_at))
     run = RunRecord(id="r1", session_id="s1", tenant=T, agent="bot")
-    await store.append(T, "s1", [Event(type="message")], 0, run=run)
+    await store.append(T, "s1", [Event(type="message", run_id="r1")], 0, run=run)
     await store.patch_state(T, "s1", {"k": 1})
-    for key in ("s:s1", "e:s1", "sr:s1", "r:r1"):
+    for key in ("s:s1", "e:s1", "sr:s1", "r:r1", "re:s1"):
         assert await raw.pexpiretime(f"{prefix}{T}:{key}") == math.ceil(expires_at * 1000), key
     for key in ("idx:all", "runs", "exp"):  # shared indexes never expire
         assert await raw.pexpiretime(f"{prefix}{key if key == 'exp' else T + ':' + key}") == -1

@@ -263,7 +263,7 @@ return {v + 1, q}
 """
 )
 
-# KEYS: s, e, sr
+# KEYS: s, e, sr, re
 # ARGV: version read, state JSON, updated_at, default ttl ms | ''
 _PATCH = (
     _LUA_HELPERS
@@ -273,7 +273,7 @@ if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 if v ~= tonumber(ARGV[1]) then return {-2, v} end
 redis.call('HSET', KEYS[1], 'v', string.format('%d', v + 1), 'st', ARGV[2], 'u', ARGV[3])
-refresh_ttl(cur[2], ARGV[4], {KEYS[1], KEYS[2], KEYS[3]})
+refresh_ttl(cur[2], ARGV[4], {KEYS[1], KEYS[2], KEYS[3], KEYS[4]})
 return {v + 1}
 """
 )
@@ -872,7 +872,12 @@ class RedisStore:
         delta = codec.decode_object(codec.encode(delta))  # refuse what JSON cannot hold, early
         client = self._redis()
         k = _Keys(self._prefix, tenant)
-        keys = [k.session(session_id), k.events(session_id), k.session_runs(session_id)]
+        keys = [
+            k.session(session_id),
+            k.events(session_id),
+            k.session_runs(session_id),
+            k.run_events(session_id),
+        ]
         # State merges happen here, not in Lua: Lua's cjson loses float precision and cannot
         # tell {} from []. So: read, merge, then compare-and-set on the version we read.
         for _ in range(self.patch_attempts):
