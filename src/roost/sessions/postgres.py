@@ -3,7 +3,8 @@
     >>> store = PostgresStore("postgresql://roost@db:5432/roost", schema="roost")
     >>> await store.open()      # creates the pool and applies pending migrations
 
-Layout (see `migrations/`): `sessions`, `events`, `runs` and `leases` tables in one schema,
+Layout (see `migrations/`): `sessions`, `events`, `runs` and `leases` tables, and (0003)
+`idempotency_keys` and `agent_states`, in one schema,
 every statement fully qualified with it (no reliance on `search_path`, which a connection
 pooler may not preserve). JSON columns are `jsonb`, encoded and decoded by msgspec in
 asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
@@ -16,7 +17,10 @@ Two clocks are in play, deliberately:
 * session and run timestamps (`created_at`, `expires_at`, the `now` given to
   `expire_sessions`) are the caller's, as the records carry them;
 * leases use the *database* clock (`clock_timestamp()`): processes with skewed clocks still
-  agree on who holds a lease, because only one clock decides.
+  agree on who holds a lease, because only one clock decides. So do run ownership
+  (`claim_run`, `renew_ownership`, `claimable_runs`: one statement each) and idempotency
+  records. A run record written by a caller carries the lease it was given, and an upsert
+  never shortens its owner's lease (`records.kept_lease`).
 
 Outages: every driver error that means "cannot reach the database" (refused, reset, closed
 mid-query, connect/acquire/command timeout, too many connections, shutting down) becomes

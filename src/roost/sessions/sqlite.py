@@ -30,6 +30,11 @@ that is never closed stops its threads, after running what was queued, once the 
 has ended, so a forgotten `close()` does not hang interpreter exit. Use a store from one
 event loop at a time. A cancelled call may still have been applied if the writer had already
 started it; a caller that needs to know re-reads the session.
+
+The fleet (several processes sharing the file): `claim_run`, `renew_ownership` and
+`claim_idempotency_key` are single statements (or a check and a write) inside the writer's
+BEGIN IMMEDIATE transaction, so they are atomic across processes too. Leases are on each
+process's wall clock: processes sharing a file share a host, hence a clock.
 """
 
 from __future__ import annotations
