@@ -281,17 +281,9 @@ class Runtime:
     async def read_run_events(self, tenant: str, run: RunRecord, *, after: int = 0,
                               limit: int = 1000) -> list[Event]:
         """A run's persisted events after seq `after`, oldest first, at most `limit` —
-        wherever the run sits in its session's log (pages through the log after `after`)."""
-        found: list[Event] = []
-        page = 1000
-        while len(found) < limit:
-            events = await self.store.read_events(tenant, run.session_id, after=after,
-                                                  limit=page)
-            found.extend(e for e in events if e.run_id == run.id)
-            if len(events) < page:
-                break
-            after = events[-1].seq
-        return found[:limit]
+        read by run (an index), wherever the run sits in its session's log."""
+        return await self.store.read_run_events(tenant, run.session_id, run.id, after=after,
+                                                limit=limit)
 
     def replay_of(self, run: RunRecord) -> Callable[[int], Awaitable[list[Event]]]:
         """Reads `run`'s persisted events after a seq: how a lagging follower catches up."""
