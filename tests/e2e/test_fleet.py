@@ -218,3 +218,23 @@ def test_cancel_and_pause_reach_every_instance(
     assert httpx.post(f"{b.url}/v1/agents/researcher/resume").status_code == 200
     wait_for(lambda: httpx.get(f"{a.url}/v1/agents/researcher").json()["state"] == "running",
              timeout=1.0, what="the resume to reach the other instance")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_survives_a_restart_and_refuses_turns_everywhere(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    config = store_config(kind) + '[agents.researcher]\npolicies = { when_paused = "reject" }\n'
+    a = start_server(tmp_path, config, name="a")
+    b = start_server(tmp_path, config, name="b")
+    servers.extend([a, b])
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    assert httpx.post(f"{a.url}/v1/agents/researcher/pause").status_code == 200
+    wait_for(lambda: httpx.post(f"{b.url}/v1/sessions/{session}/turns",
+                                json={"input": "research Shags"}).status_code == 503,
+             timeout=1.0, what="the other instance to refuse turns")
+    assert b.terminate() == 0
+    b = start_server(tmp_path, config, name="b2")
+    servers.append(b)
+    assert httpx.get(f"{b.url}/v1/agents/researcher").json()["state"] == "paused"
+    refused = httpx.post(f"{b.url}/v1/sessions/{session}/turns", json={"input": "research Shags"})
+    assert refused.status_code == 503 and refused.json()["type"].endswith("agent_unavailable")

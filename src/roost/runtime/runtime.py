@@ -115,6 +115,9 @@ class Runtime:
         for hosted in self.agents.values():
             if hosted.state == "created":
                 self.agents.set_state(hosted, "running")
+        # Lifecycle changes made through any instance survive restarts: apply the stored ones.
+        await self.reload_agent_states()
+        self.control.on_gap = self.reload_agent_states
         self.started = True
         self.spawn(self._sweep_forever(), name="roost-ttl-sweeper")
         # The event loop's load, sampled: admin stats, and the adaptive admission limit.
@@ -188,12 +191,32 @@ class Runtime:
     def hosted(self, name: str) -> HostedAgent:
         return self.agents.hosted(name)
 
-    def set_agent_state(self, name: str, action: str) -> HostedAgent:
+    async def change_agent_state(self, name: str, action: str) -> HostedAgent:
+        """`pause`, `resume`, `stop` or `start` an agent for the whole fleet: stored first
+        (it survives restarts), applied here, then announced to every instance."""
         hosted = self.agents.hosted(name)
         state = self.agents.target_state(name, action)
+        await self.store.set_agent_state("*", name, state)
         self.apply_agent_state(name, state)
         self.control.announce_agent_state("*", name, state)
         return hosted
+
+    def set_agent_state(self, name: str, action: str) -> HostedAgent:
+        """The same change on this instance alone, not stored (an embedded runtime, tests)."""
+        hosted = self.agents.hosted(name)
+        self.apply_agent_state(name, self.agents.target_state(name, action))
+        return hosted
+
+    async def reload_agent_states(self) -> None:
+        """Apply the lifecycle states the store holds (at start, and after a bus gap)."""
+        try:
+            states = await self.store.agent_states()
+        except RoostError as exc:
+            log.warning("cannot read the agents' stored states: %s", exc)
+            return
+        for (scope, name), state in states.items():
+            if scope == "*":
+                self.apply_agent_state(name, state)
 
     def apply_agent_state(self, name: str, state: str) -> None:
         """Apply a lifecycle state here (from this instance or another). `stopped` cancels
