@@ -238,3 +238,31 @@ def test_pause_survives_a_restart_and_refuses_turns_everywhere(
     assert httpx.get(f"{b.url}/v1/agents/researcher").json()["state"] == "paused"
     refused = httpx.post(f"{b.url}/v1/sessions/{session}/turns", json={"input": "research Shags"})
     assert refused.status_code == 503 and refused.json()["type"].endswith("agent_unavailable")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_interrupt_across_instances_stops_the_active_run(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    marker = tmp_path / "calls.txt"
+    config = store_config(kind) + \
+        '[agents.researcher]\npolicies = { double_texting = "interrupt" }\n'
+    # The run to interrupt takes 30 s on A; the turn that interrupts it is quick on B.
+    a = start_server(tmp_path, config, env={"SLOW_TOOL_S": "30", "SLOW_TOOL_MARKER": str(marker)},
+                     name="a")
+    b = start_server(tmp_path, config, env={"SLOW_TOOL_S": "0"}, name="b")
+    servers.extend([a, b])
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, f"{a.url}/v1/sessions/{session}/turns",
+                            json={"input": "research Skuas"}, timeout=30)
+        wait_for(marker.exists, what="the first run inside its tool")
+        started = time.monotonic()
+        second = httpx.post(f"{b.url}/v1/sessions/{session}/turns",
+                            json={"input": "weather instead"}, timeout=30)
+        assert second.status_code == 200
+        assert time.monotonic() - started < 10  # not the 30 s the first run would take
+        assert first.result().json()["status"] == "cancelled"
+    events = httpx.get(f"{a.url}/v1/sessions/{session}/events",
+                       params={"limit": 1000}).json()["items"]
+    runs = list(dict.fromkeys(e["run_id"] for e in events))
+    assert len(runs) == 2 and events[-1]["type"] == "run.completed"
