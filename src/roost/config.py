@@ -123,6 +123,8 @@ class RuntimeConfig(_Section):
                                "every lease_ttl_s / 3")
     takeover: bool = Field(True, description="claim and resume runs whose owner's lease expired")
     takeover_interval_s: float = Field(1.0, gt=0, description="how often to look for them")
+    idempotency_ttl_s: float = Field(86400.0, gt=0, description="how long an Idempotency-Key "
+                                     "keeps answering with the same run or session")
     run_channel_buffer: int = Field(1024, ge=16)
     store_retry_s: float = Field(1.0, gt=0, description="after a store failure, turns fail fast "
                                  "with 503 for this long")

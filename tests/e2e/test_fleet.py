@@ -112,10 +112,10 @@ def test_runs_of_a_killed_instance_are_taken_over_and_tools_run_once_per_key(
         assert run["attempt"] == 2
 
 
-def _post_quietly(url: str, body: dict[str, str]) -> None:
+def _post_quietly(url: str, body: dict[str, str], headers: dict[str, str] | None = None) -> None:
     # The instance is killed under this request: its connection breaks, as a client's would.
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(url, json=body, timeout=30)
+        httpx.post(url, json=body, headers=headers, timeout=30)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -266,3 +266,57 @@ def test_interrupt_across_instances_stops_the_active_run(
                        params={"limit": 1000}).json()["items"]
     runs = list(dict.fromkeys(e["run_id"] for e in events))
     assert len(runs) == 2 and events[-1]["type"] == "run.completed"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_retries_with_its_idempotency_key_after_its_instance_died(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    """The client's connection dies with its instance before any answer; it sends the same
+    request with the same key to another instance and gets the one run, completed there."""
+    marker = tmp_path / "calls.txt"
+    a, b = fleet(tmp_path, servers, kind, "[runtime]\nlease_ttl_s = 2\ntakeover_interval_s = 0.2\n",
+                 env={"SLOW_TOOL_S": "1.5", "SLOW_TOOL_MARKER": str(marker)})
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    body = {"input": "research Fulmars"}
+    headers = {"Idempotency-Key": "order-42"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        lost = pool.submit(_post_quietly, f"{a.url}/v1/sessions/{session}/turns", body,
+                           headers)
+        wait_for(marker.exists, what="the run inside its tool")
+        kill9(a)
+        lost.result()
+    again = httpx.post(f"{b.url}/v1/sessions/{session}/turns", json=body, headers=headers,
+                       timeout=30)
+    # The same run, taken over by the surviving instance, answered when it completed.
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "completed"
+    events = httpx.get(f"{b.url}/v1/sessions/{session}/events",
+                       params={"limit": 1000}).json()["items"]
+    assert {e["run_id"] for e in events} == {again.json()["run_id"]}
+    assert httpx.get(f"{b.url}/v1/runs/{again.json()['run_id']}").json()["attempt"] == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_same_key_through_two_instances_is_one_run(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    marker = tmp_path / "calls.txt"
+    a, b = fleet(tmp_path, servers, kind,
+                 env={"SLOW_TOOL_S": "1.5", "SLOW_TOOL_MARKER": str(marker)})
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={},
+                         headers={"Idempotency-Key": "s-7"}).json()["id"]
+    assert httpx.post(f"{b.url}/v1/agents/researcher/sessions", json={},
+                      headers={"Idempotency-Key": "s-7"}).json()["id"] == session
+    body = {"input": "research Petrels"}
+    headers = {"Idempotency-Key": "turn-7"}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, f"{a.url}/v1/sessions/{session}/turns", json=body,
+                            headers=headers, timeout=30)
+        wait_for(marker.exists, what="the run inside its tool")
+        # Through the other instance while it runs: the same run's outcome, when it ends.
+        second = httpx.post(f"{b.url}/v1/sessions/{session}/turns", json=body,
+                            headers=headers, timeout=30)
+        original = first.result().json()
+    assert second.status_code == 200, second.text
+    assert second.json()["run_id"] == original["run_id"]
+    assert second.json()["status"] == "completed" == original["status"]
+    assert len(marker.read_text().splitlines()) == 1

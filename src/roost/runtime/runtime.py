@@ -42,6 +42,7 @@ from roost.runtime.control import FLEET, Control, instance_channel
 from roost.runtime.execution import Executor
 from roost.runtime.follow import follow_run, run_channel
 from roost.runtime.handle import RunHandle, new_id
+from roost.runtime.idempotency import check_key, check_same_request, fingerprint
 from roost.runtime.lanes import SessionLanes
 from roost.runtime.limits import admission_limits
 from roost.runtime.live_session import LiveSession, LiveSessions
@@ -232,14 +233,35 @@ class Runtime:
     # -- sessions ----------------------------------------------------------------------
     async def create_session(self, tenant: str, agent: str, *, user_id: str | None = None,
                              state: dict[str, Any] | None = None,
-                             metadata: dict[str, Any] | None = None) -> Session:
+                             metadata: dict[str, Any] | None = None,
+                             idempotency_key: str | None = None) -> Session:
+        """A new session; with `idempotency_key`, the same key and request within the key's
+        lifetime return the session the first request created."""
         hosted = self.agents.hosted(agent)
+        session_id = new_id("ses")
+        if idempotency_key is not None:
+            mine = fingerprint({"agent": agent, "user_id": user_id, "state": state,
+                                "metadata": metadata})
+            created_key, record = await self.store.claim_idempotency_key(
+                tenant, f"session:{agent}", check_key(idempotency_key), mine, session_id,
+                self.settings.runtime.idempotency_ttl_s)
+            if not created_key:
+                check_same_request(record.fingerprint, mine)
+                session_id = record.value
+                with contextlib.suppress(SessionNotFound):  # else the first try never made it
+                    return await self.store.get_session(tenant, session_id)
         ttl = self.settings.sessions.ttl_s
         created = now()
-        session = Session(id=new_id("ses"), tenant=tenant, agent=agent, user_id=user_id,
+        session = Session(id=session_id, tenant=tenant, agent=agent, user_id=user_id,
                           state=state or {}, metadata=metadata or {}, created_at=created,
                           updated_at=created, expires_at=created + ttl if ttl else None)
-        session = await self.store.create_session(session)
+        try:
+            session = await self.store.create_session(session)
+        except Conflict:
+            if idempotency_key is None:
+                raise
+            # Two requests with one key raced past the claim: the other one created it.
+            return await self.store.get_session(tenant, session_id)
         self.sessions.add(session, hosted.agent.policies)
         return session
 
@@ -271,11 +293,12 @@ class Runtime:
 
     # -- turns and runs ---------------------------------------------------------------
     async def submit_turn(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
-                          timeout_s: float | None = None,
-                          priority: Priority = "interactive") -> RunHandle:
-        """Admit a turn and start it (see `turns.py`)."""
+                          timeout_s: float | None = None, priority: Priority = "interactive",
+                          idempotency_key: str | None = None) -> RunHandle:
+        """Admit a turn and start it (see `turns.py`); `Replay` for a repeated key."""
         return await self.turns.submit(tenant, session_id, text, stream=stream,
-                                       timeout_s=timeout_s, priority=priority)
+                                       timeout_s=timeout_s, priority=priority,
+                                       idempotency_key=idempotency_key)
 
     async def end_run(self, handle: RunHandle, live: LiveSession, slot: Slot) -> None:
         """A run's task ends, whatever happened: give back what it held, in order."""

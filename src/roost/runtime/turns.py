@@ -20,6 +20,7 @@ from roost.runtime.admission import Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
 from roost.runtime.handle import RunHandle, new_id
+from roost.runtime.idempotency import Replay, check_key, check_same_request, fingerprint
 from roost.runtime.live_session import LiveSession
 from roost.sessions.records import RunRecord, now
 
@@ -34,10 +35,11 @@ class Turns:
         self.runtime = runtime
 
     async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
-                     timeout_s: float | None = None,
-                     priority: Priority = "interactive") -> RunHandle:
+                     timeout_s: float | None = None, priority: Priority = "interactive",
+                     idempotency_key: str | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
-        when it cannot be taken: draining, agent paused/stopped, overload, session busy."""
+        when it cannot be taken: draining, agent paused/stopped, overload, session busy;
+        `Replay` when `idempotency_key` names an earlier submission of the same turn."""
         rt = self.runtime
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
@@ -94,11 +96,33 @@ class Turns:
                 rt.lanes.leave((tenant, session_id), handle)
                 slot.release()
                 raise
+        if idempotency_key is not None:
+            try:
+                await self._claim_key(run, idempotency_key, timeout_s, priority)
+            except BaseException:
+                if handle.leased:
+                    await rt.leases.release(tenant, session_id)
+                rt.lanes.leave((tenant, session_id), handle)
+                slot.release()
+                raise
         rt.runs[run.id] = handle
         rt.sessions.pin(live)
         handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
                                            loop.time() + timeout), name=f"run-{run.id}")
         return handle
+
+    async def _claim_key(self, run: RunRecord, key: str, timeout_s: float | None,
+                         priority: str) -> None:
+        """Claim the key for this run, or raise `Replay` with the run it already names."""
+        rt = self.runtime
+        mine = fingerprint({"session_id": run.session_id, "input": run.input,
+                            "timeout_s": timeout_s, "priority": priority})
+        created, record = await rt.store.claim_idempotency_key(
+            run.tenant, f"turn:{run.session_id}", check_key(key), mine, run.id,
+            rt.settings.runtime.idempotency_ttl_s)
+        if not created:
+            check_same_request(record.fingerprint, mine)
+            raise Replay(record.value)
 
     async def _interrupt_elsewhere(self, tenant: str, session_id: str) -> None:
         rt = self.runtime

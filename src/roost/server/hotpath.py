@@ -62,6 +62,7 @@ class Request:
     content_type: bytes | None
     accept: bytes | None
     body: bytes
+    idempotency_key: str | None = None
 
 
 class HotPath:
@@ -106,19 +107,21 @@ class HotPath:
                     return turn
                 return await turns.respond(self.runtime, request.tenant, name, turn,
                                            request.accept is not None
-                                           and b"text/event-stream" in request.accept, receive)
+                                           and b"text/event-stream" in request.accept, receive,
+                                           request.idempotency_key)
             # The body is optional: without one (or `null`), a session with nothing set.
             body = parse_body(request.body, request.content_type, SessionCreate,
                               absent=SessionCreate())
             if isinstance(body, Response):
                 return body
-            return await created_session(self.runtime, request.tenant, name, body)
+            return await created_session(self.runtime, request.tenant, name, body,
+                                         request.idempotency_key)
         except RoostError as exc:
             return problems.error_response(exc, "POST", scope["path"])
 
     async def _read(self, scope: Scope, receive: Receive) -> Request | None:
         tenant = DEFAULT_TENANT
-        content_type = accept = None
+        content_type = accept = key = None
         for header, value in scope["headers"]:
             if header == b"content-type":
                 content_type = value
@@ -126,8 +129,10 @@ class HotPath:
                 accept = value
             elif header == self.tenant_header and value:
                 tenant = value.decode("latin-1")
+            elif header == b"idempotency-key":
+                key = value.decode("latin-1")
         body = await _read_body(receive)
-        return None if body is None else Request(tenant, content_type, accept, body)
+        return None if body is None else Request(tenant, content_type, accept, body, key)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

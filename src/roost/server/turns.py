@@ -11,24 +11,34 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import Receive
 
-from roost.errors import StoreUnavailable
+from roost.errors import Conflict, RunNotFound, StoreUnavailable
+from roost.runtime.idempotency import Replay
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.server.respond import json_response, turn_body
 from roost.server.schemas import TurnCreate
-from roost.server.sse import RunEventStream
-from roost.sessions.records import RunRecord
+from roost.server.sse import FollowerStream, RunEventStream
+from roost.sessions.records import TERMINAL_STATUSES, RunRecord, now
 
 
 async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCreate,
-                  wants_stream: bool, receive: Receive) -> Response:
+                  wants_stream: bool, receive: Receive,
+                  idempotency_key: str | None = None) -> Response:
     """Run one turn: JSON when it ends, or SSE with `"stream": true` or
-    `Accept: text/event-stream`. Raises RoostError (→ problem+json)."""
+    `Accept: text/event-stream`. With an `Idempotency-Key` seen before, the earlier run's
+    outcome or stream instead. Raises RoostError (→ problem+json)."""
     stream = turn.stream or wants_stream
-    handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
-                                       timeout_s=turn.timeout_s, priority=turn.priority)
+    try:
+        handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
+                                           timeout_s=turn.timeout_s, priority=turn.priority,
+                                           idempotency_key=idempotency_key)
+    except Replay as replay:
+        return await _replay(runtime, tenant, replay.run_id, stream, receive)
     if stream:
         return _event_stream(runtime, handle)
-    run = await _wait_or_disconnect(runtime, handle, receive)
+    # A client that sent an Idempotency-Key will come back for the answer: leaving does
+    # not cancel its run.
+    run = await _wait_or_disconnect(runtime, handle, receive,
+                                    keep_on_disconnect=idempotency_key is not None)
     if (run.error or {}).get("type") == "store_unavailable":
         # The run could not be recorded: say so as the outage it is, not as a run result.
         raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
@@ -37,6 +47,32 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
                                retry_after=runtime.settings.runtime.store_retry_s,
                                run_id=run.id)
     return json_response(turn_body(run, handle.events), headers=run_headers(run))
+
+
+async def _replay(runtime: Runtime, tenant: str, run_id: str, stream: bool,
+                  receive: Receive) -> Response:
+    """Answer a repeated submission with the run the first one started, wherever it runs."""
+    handle = runtime.live_run(tenant, run_id)
+    if handle is not None:  # running here: join it (leaving does not cancel it)
+        if stream:
+            return RunEventStream(handle, runtime.replay_of(handle.run),
+                                  heartbeat_s=runtime.settings.server.heartbeat_s,
+                                  headers=run_headers(handle.run))
+        run = await handle.wait()
+        return json_response(turn_body(run, handle.events), headers=run_headers(run))
+    try:
+        run = await runtime.get_run(tenant, run_id)
+    except RunNotFound:
+        raise Conflict("the earlier request with this Idempotency-Key has not started its "
+                       "run yet; retry shortly", retry_after=1) from None
+    if stream:
+        return FollowerStream(runtime.follow(run, idle_s=runtime.settings.server.heartbeat_s),
+                              headers=run_headers(run))
+    if run.status not in TERMINAL_STATUSES:
+        run = await runtime.wait_for_end(tenant, run_id, wait_s=max(
+            1.0, (run.deadline or now()) - now()))
+    events = await runtime.read_run_events(tenant, run)
+    return json_response(turn_body(run, events), headers=run_headers(run))
 
 
 def run_headers(run: RunRecord) -> dict[str, str]:
@@ -53,8 +89,8 @@ def _event_stream(runtime: Runtime, handle: RunHandle) -> RunEventStream:
         headers=run_headers(handle.run))
 
 
-async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle,
-                              receive: Receive) -> RunRecord:
+async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle, receive: Receive, *,
+                              keep_on_disconnect: bool = False) -> RunRecord:
     """Wait for the run; if the client leaves first and the agent's policy is `cancel`,
     cancel the run (a synchronous caller that left cannot read the answer)."""
     listener = asyncio.ensure_future(_disconnected(receive))
@@ -64,7 +100,8 @@ async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle,
         if not listener.done():
             listener.cancel()
     if not handle.done.done():
-        if runtime.hosted(handle.run.agent).agent.policies.on_disconnect == "cancel":
+        if not keep_on_disconnect and \
+                runtime.hosted(handle.run.agent).agent.policies.on_disconnect == "cancel":
             handle.cancel("disconnect")
         return await handle.wait()
     return handle.done.result()

@@ -25,7 +25,7 @@ async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Re
     route is its OpenAPI entry and serves it when the routers are mounted without that."""
     return await turns.respond(runtime_of(request), tenant_of(request), session_id, body,
                                "text/event-stream" in request.headers.get("accept", ""),
-                               request.receive)
+                               request.receive, request.headers.get("idempotency-key"))
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunOut)

@@ -21,17 +21,19 @@ async def create_session(name: str, request: Request,
     """Create a session. `create_app` serves this path from its hot path (`hotpath.py`)
     through `created_session` too; this route is its OpenAPI entry."""
     return await created_session(runtime_of(request), tenant_of(request), name,
-                                 body or SessionCreate())
+                                 body or SessionCreate(), request.headers.get("idempotency-key"))
 
 
 async def created_session(runtime: Runtime, tenant: str, agent: str,
-                          body: SessionCreate) -> Response:
-    """201 with the new session, or raises RoostError (→ problem+json)."""
+                          body: SessionCreate, idempotency_key: str | None = None) -> Response:
+    """201 with the new session (or, for a repeated `Idempotency-Key`, the session the
+    first request created), or raises RoostError (→ problem+json)."""
     limit = runtime.settings.sessions.max_state_bytes
     _check_json(body.state, "state", limit)
     _check_json(body.metadata, "metadata", limit)
     session = await runtime.create_session(tenant, agent, user_id=body.user_id,
-                                           state=body.state, metadata=body.metadata)
+                                           state=body.state, metadata=body.metadata,
+                                           idempotency_key=idempotency_key)
     return json_response(session, status=201, headers={"Location": f"/v1/sessions/{session.id}"})
 
 
