@@ -215,7 +215,7 @@ def test_config_check_prints_each_problem_with_its_key_path(tmp_path: Path) -> N
     result = roost("config", "check", str(path))
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    assert lines[0] == "configuration error: 3 problem(s)"
+    assert lines[0] == "configuration error: 3 problems"
     keys = {line.strip().split(":")[0] for line in lines[1:]}
     assert keys == {"server.port", "server.colour", "store.url"}
     assert result.stdout == ""

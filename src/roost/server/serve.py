@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 
 import uvicorn
@@ -27,6 +28,14 @@ class RoostServer(uvicorn.Server):
         super().__init__(config)
         self.runtime = runtime
         self._drain_task: asyncio.Future[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and self.started:
+            # uvicorn announces the address only when it binds the socket itself; the CLI
+            # binds first (a port in use must fail before the runtime starts).
+            host, port = sockets[0].getsockname()[:2]
+            log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None or not self.started:
@@ -51,11 +60,13 @@ class RoostServer(uvicorn.Server):
 
 
 def serve(runtime: Runtime, observability: Observability | None = None, *, host: str, port: int,
-          log_level: str = "info") -> None:
+          log_level: str = "info", sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM. `sock`: a socket the caller already bound and listens on (so a
+    port in use fails before the runtime starts); otherwise uvicorn binds host:port."""
     # log_config=None: Roost's logging (structlog, JSON in production) owns the loggers;
     # the access log comes from the observability middleware.
     config = uvicorn.Config(create_app(runtime, observability), host=host, port=port,
                             loop="auto", http="auto", log_level=log_level, access_log=False,
                             log_config=None, timeout_graceful_shutdown=5, lifespan="on",
                             backlog=runtime.settings.server.backlog)
-    RoostServer(config, runtime).run()
+    RoostServer(config, runtime).run(sockets=[sock] if sock is not None else None)
