@@ -145,6 +145,18 @@ def _one_agent(settings: Settings, agent: str, load: list[str]):  # type: ignore
     return agents, name
 
 
+def _refuse_problems(settings: Settings, agents: list[Any]) -> None:
+    """What `roost config check` reports stops `serve` too; its warnings are printed."""
+    from roost.config_check import check
+
+    problems, warnings = check(settings, agents)
+    for key, message in warnings:
+        errors.print(f"[yellow]warning[/]: {escape(key)}: {escape(message)}")
+    if problems:
+        _print_config_errors(ConfigError("invalid configuration", problems))
+        raise typer.Exit(2)
+
+
 def _bind(host: str, port: int, backlog: int) -> socket.socket:
     """The listening socket, bound before anything starts: a port in use is one line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -212,6 +224,7 @@ def serve(
     if log_level != LogLevel.info:  # the flag wins over the config file
         settings.observability.log_level = log_level.value  # type: ignore[assignment]
     agents = _agents(settings, [*(load or []), *(paths or [])])
+    _refuse_problems(settings, agents)
     sock = _bind(settings.server.host, settings.server.port, settings.server.backlog)
     with sock:  # closed however serve ends, start-up failures included
         _check_store(settings)
@@ -477,24 +490,36 @@ def sessions_delete(
 
 @config_app.command("check")
 def config_check(
-    config: Annotated[Path | None, typer.Argument(help="roost.toml or roost.yaml")] = None,
+    config: Annotated[Path | None, typer.Argument(metavar="[FILE]",
+                                                  help="roost.toml or roost.yaml")] = None,
 ) -> None:
-    """Validate a config file (and ROOST_* variables); print each problem with its key path."""
-    settings = _settings(config)
-    from roost.models.registry import ModelRegistry
+    """Validate a config file and ROOST_* variables as serve would: every problem, with its key
+    path (agent files load, [agents.NAME] sections match agents, models resolve)."""
+    from roost.config import config_path
+    from roost.config_check import check
 
-    problems: list[tuple[str, str]] = []
-    registry = ModelRegistry(settings.providers, settings.models)
-    for alias in settings.models:
-        try:
-            registry._build(alias, ())
-        except ConfigError as exc:
-            problems.extend(exc.problems or [(f"models.{alias}", exc.message)])
+    path = config_path(config)
+    errors.print(f"[dim]reading {escape(str(path)) if path else 'no config file (defaults)'}"
+                 " and ROOST_* variables[/]")
+    settings = _settings(config)
+    problems, warnings = check(settings)
+    for key, message in warnings:
+        errors.print(f"[yellow]warning[/]: {escape(key)}: {escape(message)}")
     if problems:
         _print_config_errors(ConfigError("invalid configuration", problems))
         raise typer.Exit(2)
-    console.print(f"[green]ok[/]: store {settings.store.url}, {len(settings.providers)} providers, "
-                  f"{len(settings.models)} model aliases")
+    console.print(f"[green]ok[/]: store {escape(_redact(settings.store.url))}, "
+                  f"{len(settings.providers)} providers, {len(settings.models)} model aliases, "
+                  f"{len(settings.agents)} agent sections")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the config file (for editor completion and validation)."""
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Roost configuration (roost.toml / roost.yaml)"
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(schema)).decode() + "\n")
 
 
 @app.command()
