@@ -141,3 +141,22 @@ def test_sessions_list_table_has_zoned_timestamps(db: str) -> None:
     listed = subprocess.run([str(ROOST), "sessions", "list", "--store", db],
                             capture_output=True, text=True, timeout=30)
     assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listed.stdout), listed.stdout
+
+
+def test_init_makes_a_project_that_serve_config_check_and_pytest_run(tmp_path: Path) -> None:
+    result = roost("init", "proj")
+    assert result.exit_code == 0, result.output
+    project = tmp_path / "proj"
+    assert sorted(p.name for p in project.iterdir()) == ["agent.py", "roost.toml",
+                                                         "test_agent.py"]
+    checked = subprocess.run([str(ROOST), "config", "check"], cwd=project, capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    ran = subprocess.run([str(ROOST), "run", "assistant", "greet Ada", "--store", "memory://"],
+                         cwd=project, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert "greet: Hello, Ada!" in ran.stdout
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+                            cwd=project, capture_output=True, text=True, timeout=120)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert roost("init", "proj").exit_code == 1  # never overwrites

@@ -523,6 +523,27 @@ def config_schema() -> None:
 
 
 @app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(metavar="[DIR]",
+                                              help="where to create the project")] = Path("."),
+) -> None:
+    """Start a project: an agent, a commented roost.toml and a test, ready for roost serve
+    and pytest."""
+    from roost.scaffold import scaffold
+
+    try:
+        written = scaffold(directory)
+    except FileExistsError as exc:
+        errors.print(f"[red]error[/]: would overwrite {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    for path in written:
+        console.print(f"created {escape(str(path))}", highlight=False)
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    console.print(f"next: {escape(where)}roost serve   (or: pytest, roost chat assistant)",
+                  highlight=False)
+
+
+@app.command()
 def migrate(config: ConfigOption = None, store: StoreOption = None) -> None:
     """Apply pending schema migrations to the configured PostgreSQL store."""
     settings = _settings(config, store)
