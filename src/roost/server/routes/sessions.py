@@ -10,7 +10,7 @@ from roost.errors import InvalidInput, PreconditionFailed, VersionConflict
 from roost.runtime.runtime import Runtime
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
-from roost.server.schemas import EventOut, SessionCreate, SessionOut, SessionPage, SessionPatch
+from roost.server.schemas import EventPage, SessionCreate, SessionOut, SessionPage, SessionPatch
 
 router = APIRouter(tags=["sessions"], route_class=StrictJSONRoute)
 
@@ -79,7 +79,7 @@ async def delete_session(session_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/sessions/{session_id}/events", response_model=dict[str, list[EventOut]])
+@router.get("/v1/sessions/{session_id}/events", response_model=EventPage)
 async def list_events(session_id: str, request: Request,
                       after: int = Query(0, ge=0, le=2**63 - 1),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
