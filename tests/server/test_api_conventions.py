@@ -80,3 +80,23 @@ def test_docs_and_redoc_load_without_a_cdn(client: httpx.Client) -> None:
             assert client.get(url).status_code == 200, url
     assert b"SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").content
     assert client.get("/docs/assets/nope.js").status_code == 404
+
+
+def test_the_readme_lists_every_route(client: httpx.Client) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme[readme.index("## HTTP API"):readme.index("Every error is")]
+    rows = re.sub(r"\{\w+\}", "{id}", table)
+    for path in [*openapi(client)["paths"], "/metrics", "/redoc"]:
+        prefix = re.sub(r"\{\w+\}", "{id}", path)
+        if path.endswith(("/pause", "/resume", "/stop")) and "/agents/" in path:
+            prefix = "/v1/agents/{id}/pause"  # one row: pause|resume|stop
+        assert f"{prefix}`" in rows or f"{prefix}?" in rows or f"{prefix}," in rows \
+            or f"{prefix}\\|" in rows, path
+
+
+def test_a_deadline_passed_in_the_queue_is_a_504() -> None:
+    from roost.errors import RunTimeout
+
+    assert RunTimeout("the run's deadline passed before it was admitted").status == 504
