@@ -20,7 +20,7 @@ from roost.observability.hooks import ObservabilityHooks
 from roost.observability.metrics import Metrics, MetricsServer, StatsCollector, StatsProvider
 from roost.observability.profiling import ProfileFormat, profile
 from roost.observability.store import InstrumentedStore
-from roost.observability.tracing import build_tracer_provider
+from roost.observability.tracing import build_tracer_provider, tracing_disabled
 from roost.observability.usage import PriceTable
 from roost.sessions.store import Store
 
@@ -76,7 +76,7 @@ class Observability:
 
         self._owns_provider = False
         provider = tracer_provider
-        if provider is None and config.tracing:
+        if provider is None and config.tracing and not tracing_disabled():
             provider = build_tracer_provider(config.service_name, _version())
             self._owns_provider = True
         self.tracer_provider = provider
