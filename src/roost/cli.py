@@ -544,6 +544,65 @@ def init(
 
 
 @app.command()
+def bench(
+    url: Annotated[str | None, typer.Option(metavar="URL", help="load a running deployment "
+                                            "instead of starting one (no CPU/RSS then)")] = None,
+    agent: Annotated[str, typer.Option(metavar="NAME", help="agent to talk to")] = "weather",
+    sessions: Annotated[int, typer.Option(min=1, metavar="N")] = 100,
+    turns: Annotated[int, typer.Option(min=1, metavar="N", help="turns per session")] = 3,
+    concurrency: Annotated[int, typer.Option(min=1, metavar="N", help="clients")] = 32,
+    latency_ms: Annotated[float, typer.Option(min=0, metavar="MS",
+                                              help="the mock model's latency per call")] = 50.0,
+    warmup: Annotated[int, typer.Option(min=0, metavar="N", help="warm-up sessions")] = 20,
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Measure this machine: the reference scenario against the mock model (CPU per turn,
+    turns/s, p50/p99 against the floor, RSS, errors), or --url a deployment."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from roost import bench as benchmark
+
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=errors, transient=True)
+
+    def progress(total: int) -> Any:
+        task = bar.add_task("turns", total=total)
+        return lambda: bar.advance(task)
+
+    if not url:
+        errors.print(f"[dim]starting the mock model ({latency_ms:g} ms per call) and a server "
+                     "with the weather example…[/]")
+    try:
+        with bar:
+            result = benchmark.run(url=url, agent=agent, sessions=sessions, turns=turns,
+                                   concurrency=concurrency, latency_ms=latency_ms,
+                                   warmup_sessions=warmup, store=store, progress=progress)
+    except (ImportError, RuntimeError) as exc:
+        errors.print(f"[red]error[/]: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result.as_dict()).decode() + "\n")
+    else:
+        rows = {
+            "turns": f"{result.turns} ({result.errors} errors)",
+            "turns/s": f"{result.turns_per_s:g}",
+            "latency p50": f"{result.p50_ms:g} ms",
+            "latency p99": f"{result.p99_ms:g} ms" + (
+                f" ({result.p99_over_floor:g}x the {result.floor_ms:g} ms floor)"
+                if result.floor_ms else ""),
+            "server CPU/turn": (f"{result.cpu_ms_per_turn:g} ms"
+                                if result.cpu_ms_per_turn is not None else "n/a"),
+            "server RSS": f"{result.rss_mib:g} MiB" if result.rss_mib is not None else "n/a",
+        }
+        for key, value in rows.items():
+            console.print(f"{key:>16}  {value}", highlight=False)
+        for error in result.first_errors:
+            errors.print(f"[red]error[/]: {escape(error)}")
+    raise typer.Exit(1 if result.errors else 0)
+
+
+@app.command()
 def migrate(config: ConfigOption = None, store: StoreOption = None) -> None:
     """Apply pending schema migrations to the configured PostgreSQL store."""
     settings = _settings(config, store)
