@@ -160,3 +160,8 @@ def test_init_makes_a_project_that_serve_config_check_and_pytest_run(tmp_path: P
                             cwd=project, capture_output=True, text=True, timeout=120)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert roost("init", "proj").exit_code == 1  # never overwrites
+
+
+def test_shell_completion_is_offered() -> None:
+    result = roost("--help")
+    assert "--install-completion" in result.stdout and "--show-completion" in result.stdout

@@ -106,3 +106,19 @@ def test_serve_refuses_what_config_check_refuses(tmp_path: Path) -> None:
     result = roost("serve", "--config", str(path), "--store", "memory://")
     assert result.exit_code == 2
     assert "agents.weather.policies.double_texting" in result.stderr
+
+
+def test_serve_reports_an_unset_api_key_at_start_up(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = tmp_path / "roost.toml"
+    path.write_text('[agents.weather]\nmodel = "openai:gpt-4o-mini"\n')
+    with socket.socket() as taken:  # serve stops at the port, after its checks
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = roost("serve", "--config", str(path), "--store", "memory://",
+                       "--port", str(taken.getsockname()[1]))
+    assert result.exit_code == 1
+    assert "warning: providers.openai: $OPENAI_API_KEY is not set" in result.stderr

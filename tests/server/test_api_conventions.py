@@ -100,3 +100,16 @@ def test_a_deadline_passed_in_the_queue_is_a_504() -> None:
     from roost.errors import RunTimeout
 
     assert RunTimeout("the run's deadline passed before it was admitted").status == 504
+
+
+def test_if_none_match_on_a_session_is_a_304(client: httpx.Client) -> None:
+    session = new_session(client, "weather")
+    first = client.get(f"/v1/sessions/{session['id']}")
+    etag = first.headers["etag"]
+    same = client.get(f"/v1/sessions/{session['id']}", headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+    weak = client.get(f"/v1/sessions/{session['id']}", headers={"If-None-Match": f"W/{etag}"})
+    assert weak.status_code == 304
+    client.patch(f"/v1/sessions/{session['id']}", json={"state": {"n": 1}})
+    changed = client.get(f"/v1/sessions/{session['id']}", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.json()["state"] == {"n": 1}
