@@ -116,8 +116,13 @@ class AdmissionConfig(_Section):
 
 
 class RuntimeConfig(_Section):
-    auto_resume: bool = Field(False, description="resume interrupted runs at start-up")
-    lease_ttl_s: float = Field(30.0, gt=0, description="session run lease, shared stores only")
+    auto_resume: bool = Field(False, description="also resume runs interrupted by a shutdown "
+                              "(any tenant), on whichever instance claims them first")
+    lease_ttl_s: float = Field(10.0, gt=0, description="how long a run and its session stay "
+                               "owned by an instance that stopped renewing (it died); renewed "
+                               "every lease_ttl_s / 3")
+    takeover: bool = Field(True, description="claim and resume runs whose owner's lease expired")
+    takeover_interval_s: float = Field(1.0, gt=0, description="how often to look for them")
     run_channel_buffer: int = Field(1024, ge=16)
     store_retry_s: float = Field(1.0, gt=0, description="after a store failure, turns fail fast "
                                  "with 503 for this long")

@@ -13,6 +13,7 @@ from roost.agent import Agent
 from roost.engine.context import events_to_messages
 from roost.engine.run import RunContext, Runner
 from roost.models.base import Message, ToolSpec
+from roost.runtime.live_session import LiveSession
 from roost.sessions import Event, RunRecord, Session, open_store
 from roost.sessions.store import Store
 
@@ -36,7 +37,7 @@ class Harness:
             agent=agent, model=agent.model, tools=tools,  # type: ignore[arg-type]
             tool_specs=[ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
                         for t in tools.values()],
-            store=self.store, session=session, run=run,
+            session=LiveSession(self.store, session, [], agent.policies), run=run,
             messages=list(messages or []),
             deadline=asyncio.get_running_loop().time() + timeout_s,
             emit=self.emitted.append, stream=stream, **extra)

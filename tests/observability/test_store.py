@@ -105,6 +105,20 @@ class RecordingStore:
     async def release_lease(self, tenant: str, session_id: str, owner: str) -> None:
         await self._do("release_lease", tenant, session_id, owner)
 
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Any = ()) -> RunRecord | None:
+        await self._do("claim_run", tenant, run_id, owner, ttl_s)
+        return None
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        await self._do("renew_ownership", owner, ttl_s)
+        return 0
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        await self._do("claimable_runs", include_interrupted, limit)
+        return []
+
     async def expire_sessions(self, now: float) -> int:
         await self._do("expire_sessions", now)
         return 2
@@ -140,6 +154,9 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
                            "since": 1.0, "until": 2.0, "limit": 3}),
     "acquire_lease": (("t", "s", "me", 30.0), {}),
     "release_lease": (("t", "s", "me"), {}),
+    "claim_run": (("t", "r", "me", 10.0), {}),
+    "renew_ownership": (("me", 10.0), {}),
+    "claimable_runs": ((), {"include_interrupted": True, "limit": 5}),
     "expire_sessions": ((123.0,), {}),
     "usage_summary": (("t",), {"group_by": ("agent", "day"), "since": 1.0, "until": 2.0}),
 }

@@ -86,8 +86,11 @@ async def test_key_layout(store: RedisStore, raw: aioredis.Redis, prefix: str) -
         "acme:idx:u:u1",
         "acme:lease:s1",
         "exp",
+        "ownl:me",  # the session leases "me" holds, renewed in one batch
     }
     assert await store.delete_session(T, "s1")
+    # The owner's index forgets a deleted session's lease at its next renewal.
+    assert await store.renew_ownership("me", 30.0) == 0
     assert await keys_of(raw, prefix) == set()
 
 

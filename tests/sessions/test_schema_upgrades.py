@@ -81,8 +81,9 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         columns = {row[1]: row for row in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
-    assert versions == [(1,), (2,)]
+    assert versions == [(1,), (2,), (3,)]
     assert columns["model"][2:5] == ("TEXT", 1, "''")  # type, NOT NULL, default
+    assert {"owner", "lease_expires_at"} <= set(columns)
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------
@@ -124,7 +125,8 @@ async def test_postgres_0002_upgrades_a_0001_schema_once(
         T, OLD_USAGE, CREATED,
     )
 
-    assert await migrate(POSTGRES_URL, schema=schema) == ["0002_runs_model_and_usage_index"]
+    assert await migrate(POSTGRES_URL, schema=schema) == ["0002_runs_model_and_usage_index",
+                                                          "0003_run_ownership"]
     assert await migrate(POSTGRES_URL, schema=schema) == []
     indexes = {r[0] for r in await db.fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'runs'", schema)}

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from roost.engine.budget import HEURISTIC, TokenCounter, clip_to_tokens, message_tokens
-from roost.engine.context import event_to_message, pending_tool_calls
+from roost.engine.context import close_dangling_calls, event_to_message, pending_tool_calls
 from roost.errors import ModelError, RoostError
 from roost.models.base import Message, Model, ModelRequest, complete
 from roost.sessions.records import Event, Usage
@@ -388,3 +388,11 @@ def _turn_start(events: Sequence[Event], kept_turns: object) -> int:
             if seen == kept_turns:
                 return index
     return 0
+
+
+def resume_context(events: Sequence[Event], run_id: str) -> list[Message]:
+    """The conversation a resumed run continues: earlier runs repaired (their dangling calls
+    closed), the resumed run's own open calls left open — exactly what the resume executes."""
+    first = next((i for i, e in enumerate(events) if e.run_id == run_id), len(events))
+    before = close_dangling_calls(context_from_events(events[:first]))
+    return before + [m for m in map(event_to_message, events[first:]) if m is not None]

@@ -68,3 +68,26 @@ def pending_tool_calls(messages: list[Message]) -> list[ToolCall]:
         if message.role == "user":
             return []
     return []
+
+
+def close_dangling_calls(messages: list[Message]) -> list[Message]:
+    """Give every unanswered tool call a synthetic error result, so the next model call
+    sees a well-formed conversation after a cancelled, failed or orphaned run."""
+    out: list[Message] = []
+    open_calls: list[ToolCall] = []
+
+    def close() -> None:
+        out.extend(Message(role="tool", content="Error: not run (the run ended first)",
+                           tool_call_id=c.id, name=c.name) for c in open_calls)
+        open_calls.clear()
+
+    for message in messages:
+        if message.role != "tool" and open_calls:
+            close()
+        out.append(message)
+        if message.role == "assistant" and message.tool_calls:
+            open_calls.extend(message.tool_calls)
+        elif message.role == "tool":
+            open_calls[:] = [c for c in open_calls if c.id != message.tool_call_id]
+    close()  # calls left open at the very end (a cancelled run's last step)
+    return out

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from roost.agent import Agent
 from roost.engine.budget import fit_to_budget
@@ -26,8 +26,7 @@ from roost.errors import (
     RoostError,
     RunFailure,
     SessionMoved,
-    StoreError,
-    VersionConflict,
+    SessionNotFound,
 )
 from roost.models.base import (
     Message,
@@ -39,8 +38,7 @@ from roost.models.base import (
     ToolSpec,
 )
 from roost.sessions.artifacts import ArtifactStore, offload_if_large
-from roost.sessions.records import Event, RunRecord, Session, now
-from roost.sessions.store import Store
+from roost.sessions.records import Event, RunRecord
 from roost.tools.base import Tool, ToolArgumentsError, ToolContext
 
 Emit = Callable[[Event], None]
@@ -48,6 +46,29 @@ Emit = Callable[[Event], None]
 # Why a run was cancelled decides its terminal status: a shutdown leaves it resumable.
 CANCEL_STATUS = {"shutdown": "interrupted", "interrupt": "cancelled", "user": "cancelled",
                  "disconnect": "cancelled"}
+
+
+class SessionPort(Protocol):
+    """What a run needs of its session: the runtime's `LiveSession` implements it."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def state(self) -> dict[str, Any]: ...
+
+    async def append(self, events: list[Event], *, run: RunRecord | None = None) -> None:
+        """Append with compare-and-set, assigning seqs; `SessionMoved` when another writer
+        appended first (nothing written)."""
+
+    async def reload(self) -> None:
+        """Catch up with a session another writer moved on."""
+
+    def context(self, system: Message | None) -> list[Message]:
+        """The messages a new run starts from."""
+
+    async def record_run(self, run: RunRecord) -> None:
+        """Write the run record alone (when its log cannot take the terminal event)."""
 
 
 @dataclass(slots=True)
@@ -58,8 +79,7 @@ class RunContext:
     model: Model
     tools: dict[str, Tool]
     tool_specs: list[ToolSpec]
-    store: Store
-    session: Session  # its version and last_seq follow this run's appends
+    session: SessionPort
     run: RunRecord
     messages: list[Message]  # system + history (+ this run's steps when resuming)
     deadline: float  # event loop clock
@@ -72,10 +92,9 @@ class RunContext:
     events: list[Event] = field(default_factory=list)
     # Where tool results over the agent's size limit go (None: they are truncated).
     artifacts: ArtifactStore | None = None
-    # Reloads the session and returns fresh context messages (instructions + history), for a
-    # run whose cached session turned out stale before it wrote anything (shared stores:
-    # another instance ran the previous turn). None: a stale session fails the run.
-    reload: Callable[[], Awaitable[list[Message]]] | None = None
+    # True when the run ended in a store outage and its terminal event could not be written:
+    # the record may not match the log until the runtime settles it.
+    unsettled: bool = False
 
 
 class Runner:
@@ -134,9 +153,9 @@ class Runner:
             # Nothing of this run is written yet, and the caller holds the session (a store
             # lease): the log moved because another instance ran the previous turn. Catch up
             # on it and start again, instead of reading the session before every turn.
-            if ctx.reload is None:
-                raise
-            ctx.messages[:] = [*await ctx.reload(), user]
+            await ctx.session.reload()
+            system = ctx.messages[0] if ctx.agent.instructions and ctx.messages else None
+            ctx.messages[:] = [*ctx.session.context(system), user]
             await self._append(first_step(), with_run=True)
 
     async def _steps(self) -> None:
@@ -162,6 +181,7 @@ class Runner:
             if not message.tool_calls:
                 ctx.run.output = message.content or ""
                 ctx.run.status = "completed"
+                _release(ctx.run)
                 step.append(Event(type="run.completed", run_id=ctx.run.id,
                                   data={"output": ctx.run.output, "usage": _usage(ctx.run)}))
                 await self._append(step, with_run=True)
@@ -233,9 +253,14 @@ class Runner:
         if len(calls) == 1:
             await one(calls[0])
             return
-        async with asyncio.TaskGroup() as group:
-            for call in calls:
-                group.create_task(one(call))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for call in calls:
+                    group.create_task(one(call))
+        except* RoostError as group:
+            # One typed failure (a store outage while recording results) is the run's
+            # failure; an ExceptionGroup would hide its type from the caller.
+            raise group.exceptions[0] from None
 
     async def _call_tool(self, call: ToolCall) -> tuple[str, str, float]:
         ctx = self.ctx
@@ -274,34 +299,9 @@ class Runner:
 
     # -- persistence ----------------------------------------------------------------------
     async def _append(self, events: list[Event], *, with_run: bool = False) -> None:
-        """Append with compare-and-set on the session version.
-
-        A conflict caused only by a state patch (the log did not move) is retried with the
-        new version; if another writer appended events, the run fails rather than
-        interleave two turns in one session.
-        """
+        """Persist one step through the session (compare-and-set there), then publish it."""
         ctx = self.ctx
-        session = ctx.session
-        run = ctx.run if with_run else None
-        if run is not None:
-            run.updated_at = now()
-        for _ in range(5):
-            try:
-                session.version = await ctx.store.append(
-                    ctx.run.tenant, session.id, events, session.version, run=run)
-                break
-            except VersionConflict:
-                fresh = await ctx.store.get_session(ctx.run.tenant, session.id)
-                if fresh.last_seq != session.last_seq:
-                    raise SessionMoved(
-                        f"session {session.id} was appended to by another writer; "
-                        "refusing to interleave turns") from None
-                session.version = fresh.version
-                session.state = fresh.state
-        else:
-            raise StoreError(f"session {session.id}: too many concurrent state patches")
-        session.last_seq = events[-1].seq
-        session.updated_at = now()
+        await ctx.session.append(events, run=ctx.run if with_run else None)
         for event in events:
             ctx.events.append(event)
             ctx.emit(event)
@@ -310,19 +310,27 @@ class Runner:
         ctx = self.ctx
         ctx.run.status = status
         ctx.run.error = data if event_type != "run.completed" else None
+        _release(ctx.run)
         try:
             await self._append([Event(type=event_type, run_id=ctx.run.id,
                                       data={"error": data, "usage": _usage(ctx.run)})],
                                with_run=True)
-        except RoostError:
-            # The log is unreachable or moved on (session deleted, another writer, outage):
-            # record the run itself if we can, and tell the live listeners either way.
-            try:
-                ctx.run.updated_at = now()
-                await ctx.store.put_run(ctx.run)
-            except RoostError:
-                pass
+        except (SessionMoved, SessionNotFound):
+            # The log moved on or is gone: record the run itself if we can.
+            with contextlib.suppress(RoostError):
+                await ctx.session.record_run(ctx.run)
             ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
+        except RoostError:
+            # An outage: neither the log nor the record can be trusted to say how the run
+            # ended. The runtime settles it from the log when the store answers again.
+            ctx.unsettled = True
+            ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
+
+
+def _release(run: RunRecord) -> None:
+    """A run that ended has no owner: nobody may take it over."""
+    run.owner = None
+    run.lease_expires_at = None
 
 
 def _usage(run: RunRecord) -> dict[str, Any]:

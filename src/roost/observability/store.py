@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from typing import Any, TypeVar
 
 from opentelemetry import trace
@@ -23,7 +23,7 @@ from roost.errors import RoostError
 from roost.observability import tracing
 from roost.observability.metrics import Metrics
 from roost.sessions.records import Event, Page, RunRecord, Session
-from roost.sessions.store import Store
+from roost.sessions.store import CLAIMABLE_STATUSES, Store
 from roost.sessions.usage import UsageTotals
 
 T = TypeVar("T")
@@ -168,6 +168,19 @@ class InstrumentedStore:
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         return await self._call("acquire_lease", self.inner.acquire_lease(
             tenant, session_id, owner, ttl_s))
+
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        return await self._call("claim_run", self.inner.claim_run(
+            tenant, run_id, owner, ttl_s, statuses=statuses))
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        return await self._call("renew_ownership", self.inner.renew_ownership(owner, ttl_s))
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        return await self._call("claimable_runs", self.inner.claimable_runs(
+            include_interrupted=include_interrupted, limit=limit))
 
     async def release_lease(self, tenant: str, session_id: str, owner: str) -> None:
         await self._call("release_lease", self.inner.release_lease(tenant, session_id, owner))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from roost.models.base import Message
 from roost.sessions.records import Session
@@ -25,11 +26,26 @@ def _message_bytes(messages: list[Message]) -> int:
     return total
 
 
+class Entry(Protocol):
+    """What the cache holds: a session, its conversation window, and the bytes counted."""
+
+    session: Session
+    history: list[Message]  # the conversation window, without the system prompt
+    size: int
+
+
 @dataclass(slots=True)
 class CachedSession:
     session: Session
-    history: list[Message]  # the conversation window, without the system prompt
+    history: list[Message]
     size: int = 0
+
+
+E = TypeVar("E", bound=Entry)
+
+
+def entry_bytes(entry: Entry) -> int:
+    return _OVERHEAD + _message_bytes(entry.history) + len(entry.session.state) * 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +63,11 @@ class SessionCache:
     def __init__(self, *, max_sessions: int = 10_000, max_bytes: int = 256 * 1024 * 1024) -> None:
         self.max_sessions = max_sessions
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[str, str], CachedSession] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
 
-    def get(self, tenant: str, session_id: str) -> CachedSession | None:
+    def get(self, tenant: str, session_id: str) -> Any:
         entry = self._entries.get((tenant, session_id))
         if entry is None:
             self._misses += 1
@@ -61,24 +77,27 @@ class SessionCache:
         return entry
 
     def put(self, session: Session, history: list[Message]) -> CachedSession:
-        key = (session.tenant, session.id)
+        return self.add(CachedSession(session=session, history=history))
+
+    def add(self, entry: E) -> E:
+        """Cache `entry` (replacing any entry of its session) and evict what no longer fits."""
+        key = (entry.session.tenant, entry.session.id)
         old = self._entries.pop(key, None)
         if old is not None:
             self._bytes -= old.size
-        size = _OVERHEAD + _message_bytes(history) + len(session.state) * 64
-        entry = CachedSession(session=session, history=history, size=size)
+        entry.size = entry_bytes(entry)
         self._entries[key] = entry
-        self._bytes += size
+        self._bytes += entry.size
         self._evict()
         return entry
 
-    def resize(self, entry: CachedSession) -> None:
+    def resize(self, entry: Entry) -> None:
         """Recount an entry's bytes after its history changed."""
         key = (entry.session.tenant, entry.session.id)
         if self._entries.get(key) is not entry:
             return
         self._bytes -= entry.size
-        entry.size = _OVERHEAD + _message_bytes(entry.history) + len(entry.session.state) * 64
+        entry.size = entry_bytes(entry)
         self._bytes += entry.size
         self._evict()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import msgspec
 from starlette.responses import Response
@@ -19,7 +19,9 @@ from starlette.types import Receive, Scope, Send
 from roost.runtime.bus import ChannelLagged
 from roost.runtime.runtime import RunHandle
 from roost.sessions.records import TERMINAL_STATUSES, Event
-from roost.sessions.store import Store
+
+#: reads a run's persisted events after a seq (oldest first), for a reader that lagged
+Replay = Callable[[int], Awaitable[list[Event]]]
 
 _encode = msgspec.json.Encoder().encode
 HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
@@ -41,14 +43,14 @@ class RunEventStream(Response):
     `on_disconnect(handle)` is called when the client goes away before the run ended (the
     agent's disconnect policy decides what it does)."""
 
-    def __init__(self, handle: RunHandle, store: Store, *, heartbeat_s: float,
+    def __init__(self, handle: RunHandle, replay: Replay, *, heartbeat_s: float,
                  after_seq: int = 0, on_disconnect: Callable[[RunHandle], None] | None = None,
                  headers: dict[str, str] | None = None) -> None:
         # A Response subclass so FastAPI passes it through untouched; the body is streamed.
         self.status_code = 200
         self.background = None
         self.handle = handle
-        self.store = store
+        self.replay = replay
         self.heartbeat_s = heartbeat_s
         self.after_seq = after_seq
         self.on_disconnect = on_disconnect
@@ -101,16 +103,10 @@ class RunEventStream(Response):
             except ChannelLagged as lag:
                 # Too slow for the live buffer: replay the log, then rejoin the tail.
                 after = lag.last_seq
-                while True:
-                    events = await self.store.read_events(run.tenant, run.session_id,
-                                                          after=after, limit=500)
-                    for event in events:
-                        after = event.seq
-                        if event.run_id == run.id:
-                            await send({"type": "http.response.body", "body": frame(event),
-                                        "more_body": True})
-                    if len(events) < 500:
-                        break
+                while events := await self.replay(after):
+                    after = events[-1].seq
+                    await send({"type": "http.response.body",
+                                "body": b"".join(frame(e) for e in events), "more_body": True})
                 if run.status in TERMINAL_STATUSES and self.handle.done.done():
                     return
 

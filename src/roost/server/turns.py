@@ -32,17 +32,25 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     if (run.error or {}).get("type") == "store_unavailable":
         # The run could not be recorded: say so as the outage it is, not as a run result.
         raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
-                               "steps recorded before the outage are kept",
-                               retry_after=runtime.settings.runtime.store_retry_s)
-    return json_response(turn_body(run, handle.events))
+                               "steps recorded before the outage are kept, and the run's "
+                               "record is settled from its log when the store answers",
+                               retry_after=runtime.settings.runtime.store_retry_s,
+                               run_id=run.id)
+    return json_response(turn_body(run, handle.events), headers=run_headers(run))
+
+
+def run_headers(run: RunRecord) -> dict[str, str]:
+    """Where a client finds its run again (re-attach, fetch the outcome) whatever happens
+    to this connection."""
+    return {"X-Run-Id": run.id, "Location": f"/v1/runs/{run.id}"}
 
 
 def _event_stream(runtime: Runtime, handle: RunHandle) -> RunEventStream:
     policy = runtime.hosted(handle.run.agent).agent.policies.on_disconnect
     return RunEventStream(
-        handle, runtime.store, heartbeat_s=runtime.settings.server.heartbeat_s,
+        handle, runtime.replay_of(handle.run), heartbeat_s=runtime.settings.server.heartbeat_s,
         on_disconnect=(lambda h: h.cancel("disconnect")) if policy == "cancel" else None,
-        headers={"X-Run-Id": handle.run.id})
+        headers=run_headers(handle.run))
 
 
 async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,8 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import Event, Page, RunRecord, Session, now
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.records import OWNED_STATUSES, Event, Page, RunRecord, Session, now
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
 
@@ -247,6 +247,43 @@ class MemoryStore:
         return [r for (t, _), r in self._runs.items() if t == tenant]
 
     # -- leases -----------------------------------------------------------------
+    # -- run ownership ----------------------------------------------------------
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        await self._enter()
+        run = self._runs.get((tenant, run_id))
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        clock = time.time()
+        if run.status not in statuses or (
+                run.owner is not None and (run.lease_expires_at or 0.0) > clock):
+            return None
+        run.owner, run.lease_expires_at = owner, clock + ttl_s
+        run.status, run.error, run.updated_at = "running", None, clock
+        run.attempt += 1
+        return _copy_run(run, run.tenant, run.session_id)
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        await self._enter()
+        until = time.time() + ttl_s
+        renewed = 0
+        for run in self._runs.values():
+            if run.owner == owner and run.status in OWNED_STATUSES:
+                run.lease_expires_at = until
+                renewed += 1
+        for entry in self._entries.values():
+            if entry.lease_owner == owner:
+                entry.lease_expires_at = until
+        return renewed
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        await self._enter()
+        clock = time.time()
+        found = [r for r in self._runs.values() if _claimable(r, clock, include_interrupted)]
+        found.sort(key=lambda r: (r.lease_expires_at or 0.0, r.id))
+        return [_copy_run(r, r.tenant, r.session_id) for r in found[:limit]]
+
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         if not ttl_s > 0:
             raise InvalidInput("lease ttl_s must be positive", field="ttl_s")
@@ -337,6 +374,13 @@ def _copy_session(session: Session) -> Session:
 
 def _copy_event(event: Event) -> Event:
     return codec.decode_event(codec.encode(event))
+
+
+def _claimable(run: RunRecord, clock: float, include_interrupted: bool) -> bool:
+    if run.status in OWNED_STATUSES:
+        return run.lease_expires_at is not None and run.lease_expires_at <= clock
+    return include_interrupted and run.status == "interrupted" and (
+        run.owner is None or (run.lease_expires_at or 0.0) <= clock)
 
 
 def _copy_run(run: RunRecord, tenant: str, session_id: str) -> RunRecord:

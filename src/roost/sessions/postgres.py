@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,7 +55,7 @@ from roost.sessions.migrate import (
     url_errors,
 )
 from roost.sessions.records import Event, Page, RunRecord, Session, Usage
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
     UsageTotals,
@@ -111,7 +111,7 @@ _SESSION_COLUMNS = (
 _EVENT_COLUMNS = "seq, type, run_id, data, ts"
 _RUN_COLUMNS = (
     "id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at, model"
+    " created_at, updated_at, model, owner, lease_expires_at"
 )
 
 
@@ -151,6 +151,8 @@ def _run(tenant: str, row: asyncpg.Record) -> RunRecord:
         created_at=row[10],
         updated_at=row[11],
         model=row[12],
+        owner=row[13],
+        lease_expires_at=row[14],
     )
 
 
@@ -176,6 +178,8 @@ def _run_params(run: RunRecord) -> tuple[Any, ...]:
         run.created_at,
         run.updated_at,
         run.model,
+        run.owner,
+        run.lease_expires_at,
     )
 
 
@@ -230,7 +234,8 @@ class _Queries:
         self.append = append + outcome
         self.append_with_run = (
             f"{append}, r AS (INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM s"
+            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24"
+            " FROM s"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})" + outcome
         )
         self.read_events = (
@@ -245,12 +250,35 @@ class _Queries:
         # delete_session until we commit (or makes us see its delete), so neither is orphaned.
         self.put_run = (
             f"INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14"
+            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16"
             f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
             "  WHERE tenant = $1 AND id = $3 FOR KEY SHARE)"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()} RETURNING 1"
         )
         self.get_run = f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE tenant = $1 AND id = $2"
+        # Ownership is decided on the database clock, like the session leases.
+        clock = "extract(epoch FROM clock_timestamp())"
+        self.claim_run = (
+            f"UPDATE {s}.runs SET owner = $3, lease_expires_at = {clock} + $4,"
+            f" status = 'running', error = NULL, attempt = attempt + 1, updated_at = {clock}"
+            " WHERE tenant = $1 AND id = $2 AND status = ANY($5::text[])"
+            f" AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {clock})"
+            f" RETURNING {_RUN_COLUMNS}"
+        )
+        self.run_exists = f"SELECT 1 FROM {s}.runs WHERE tenant = $1 AND id = $2"
+        self.renew_ownership = (
+            f"WITH l AS (UPDATE {s}.leases SET expires_at = {clock} + $2 WHERE owner = $1)"
+            f" UPDATE {s}.runs SET lease_expires_at = {clock} + $2"
+            " WHERE owner = $1 AND status IN ('queued', 'running')"
+        )
+        self.claimable_runs = (
+            f"SELECT tenant, {_RUN_COLUMNS} FROM {s}.runs"
+            " WHERE status IN ('queued', 'running', 'interrupted')"
+            f" AND (lease_expires_at <= {clock}"
+            "  OR ($1 AND status = 'interrupted' AND lease_expires_at IS NULL))"
+            " AND (status <> 'interrupted' OR $1)"
+            " ORDER BY lease_expires_at NULLS FIRST LIMIT $2"
+        )
         # A lease row is taken over when it is ours already or has expired, on the database
         # clock. ON CONFLICT ... WHERE makes the check and the write one atomic step.
         self.acquire_lease = (
@@ -689,6 +717,26 @@ class PostgresStore:
             raise SessionNotFound(
                 f"run {run.id}: session {run.session_id} not found", session_id=run.session_id
             )
+
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        async with self._connection("claim_run") as conn:
+            row = await conn.fetchrow(self._sql.claim_run, tenant, run_id, owner, ttl_s,
+                                      list(statuses))
+            if row is None and await conn.fetchval(self._sql.run_exists, tenant, run_id) is None:
+                raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        return None if row is None else _run(tenant, row)
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        async with self._connection("renew_ownership") as conn:
+            status = await conn.execute(self._sql.renew_ownership, owner, ttl_s)
+        return int(status.split()[-1])
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        async with self._connection("claimable_runs") as conn:
+            rows = await conn.fetch(self._sql.claimable_runs, include_interrupted, limit)
+        return [_run(row[0], row[1:]) for row in rows]
 
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
         async with self._connection("get_run") as conn:

@@ -114,6 +114,15 @@ class RunRecord(msgspec.Struct, kw_only=True):
     error: dict[str, Any] | None = None
     created_at: float = msgspec.field(default_factory=now)
     updated_at: float = msgspec.field(default_factory=now)
+    # The instance that drives the run while it is not terminal, and until when it holds it
+    # (epoch seconds, the store's clock where it has one). An expired lease means the owner
+    # died: any instance may claim the run and resume it from the log.
+    owner: str | None = None
+    lease_expires_at: float | None = None
+
+
+#: non-terminal runs whose owner's lease can expire (a waiting run holds no lease)
+OWNED_STATUSES: frozenset[str] = frozenset({"queued", "running"})
 
 
 class Page(msgspec.Struct, kw_only=True):

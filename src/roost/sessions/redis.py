@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import Any, cast
 
@@ -73,8 +73,8 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import Event, Page, RunRecord, Session
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.records import OWNED_STATUSES, Event, Page, RunRecord, Session
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
 __all__ = ["RedisStore"]
@@ -118,6 +118,24 @@ local function refresh_ttl(xm, ttl_ms, keys)
     for _, k in ipairs(keys) do redis.call('PEXPIREAT', k, xm) end
   elseif ttl_ms ~= '' then
     for _, k in ipairs(keys) do redis.call('PEXPIRE', k, ttl_ms) end
+  end
+end
+
+local function index_owner(global, run_key, status, owner, lease)
+  -- Ownership beside the JSON (renewals touch only these), and the fleet-wide index of runs
+  -- that can be taken over: score = lease expiry (0: interrupted, nobody holds it).
+  local claimable = global .. 'claimable'
+  if (status == 'queued' or status == 'running') and owner ~= '' and lease ~= '' then
+    redis.call('HSET', run_key, 'o', owner, 'le', lease)
+    redis.call('ZADD', claimable, lease, run_key)
+    redis.call('SADD', global .. 'own:' .. owner, run_key)
+  else
+    redis.call('HDEL', run_key, 'o', 'le')
+    if status == 'interrupted' and owner == '' then
+      redis.call('ZADD', claimable, 0, run_key)
+    else
+      redis.call('ZREM', claimable, run_key)
+    end
   end
 end
 
@@ -171,13 +189,13 @@ if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 if v ~= tonumber(ARGV[1]) then return {-2, v} end
 local q = tonumber(cur[2])
-local n = #ARGV - 12
+local n = #ARGV - 15
 if n > 0 then
   local pairs = {}
   for i = 1, n do
     local seq = string.format('%d', q + i)
     pairs[2 * i - 1] = seq
-    pairs[2 * i] = seq .. ':' .. ARGV[12 + i]
+    pairs[2 * i] = seq .. ':' .. ARGV[15 + i]
   end
   zadd_many(KEYS[2], pairs)
 end
@@ -188,6 +206,7 @@ if ARGV[6] ~= '' then
   local run_key = ARGV[4] .. 'r:' .. ARGV[6]
   upsert_run(ARGV[4], run_key, ARGV[6], ARGV[5], ARGV[7], ARGV[8], ARGV[9],
     ARGV[10], ARGV[11], ARGV[12])
+  index_owner(ARGV[15], run_key, ARGV[7], ARGV[13], ARGV[14])
   touched[4] = run_key
 end
 refresh_ttl(cur[3], ARGV[3], touched)
@@ -220,6 +239,7 @@ local xm = redis.call('HGET', KEYS[1], 'xm')
 if not xm and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 upsert_run(ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
   ARGV[8], ARGV[9], ARGV[10])
+index_owner(ARGV[13], KEYS[3], ARGV[4], ARGV[11], ARGV[12])
 refresh_ttl(xm, ARGV[7], {KEYS[1], KEYS[2], KEYS[3]})
 return 1
 """
@@ -264,15 +284,64 @@ if xk then removed = redis.call('ZREM', KEYS[7], xk) end
 return {existed, removed}
 """
 
-# KEYS: s, lease. ARGV: owner, ttl ms. Returns 1 taken, 0 held by another, -1 no session.
+# KEYS: s, lease. ARGV: owner, ttl ms, global prefix.
+# Returns 1 taken, 0 held by another, -1 no session.
 _ACQUIRE_LEASE = """
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[1] or (not cur) then
   if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  redis.call('SADD', ARGV[3] .. 'ownl:' .. ARGV[1], KEYS[2])
   return 1
 end
 return 0
+"""
+
+# ARGV: global prefix, run key, owner, ttl s. The claim is on the ownership fields; the
+# caller then writes the record as the new owner. Returns the run JSON, or 0 when held /
+# not claimable, or -1 when there is no such run.
+_CLAIM_RUN = """
+local f = redis.call('HMGET', ARGV[2], 'j', 'st', 'o', 'le')
+if not f[1] then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local allowed = false
+for i = 5, #ARGV do if f[2] == ARGV[i] then allowed = true end end
+if not allowed then return 0 end
+if f[3] and f[4] and tonumber(f[4]) > now then return 0 end
+local lease = string.format('%.6f', now + tonumber(ARGV[4]))
+redis.call('HSET', ARGV[2], 'o', ARGV[3], 'le', lease)
+redis.call('ZADD', ARGV[1] .. 'claimable', lease, ARGV[2])
+redis.call('SADD', ARGV[1] .. 'own:' .. ARGV[3], ARGV[2])
+return {f[1], lease, f[2]}
+"""
+
+# ARGV: global prefix, owner, ttl s. Renews the owner's runs and session leases in one call.
+_RENEW_OWNERSHIP = """
+local t = redis.call('TIME')
+local lease = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[3]))
+local own = ARGV[1] .. 'own:' .. ARGV[2]
+local renewed = 0
+for _, key in ipairs(redis.call('SMEMBERS', own)) do
+  local f = redis.call('HMGET', key, 'o', 'st')
+  if f[1] == ARGV[2] and (f[2] == 'queued' or f[2] == 'running') then
+    redis.call('HSET', key, 'le', lease)
+    redis.call('ZADD', ARGV[1] .. 'claimable', lease, key)
+    renewed = renewed + 1
+  else
+    redis.call('SREM', own, key)
+  end
+end
+local leases = ARGV[1] .. 'ownl:' .. ARGV[2]
+local ms = math.floor(tonumber(ARGV[3]) * 1000)
+for _, key in ipairs(redis.call('SMEMBERS', leases)) do
+  if redis.call('GET', key) == ARGV[2] then
+    redis.call('PEXPIRE', key, ms)
+  else
+    redis.call('SREM', leases, key)
+  end
+end
+return renewed
 """
 
 # KEYS: lease. ARGV: owner.
@@ -442,6 +511,8 @@ class RedisStore:
             self._put_run = client.register_script(_PUT_RUN)
             self._delete = client.register_script(_DELETE)
             self._acquire = client.register_script(_ACQUIRE_LEASE)
+            self._claim = client.register_script(_CLAIM_RUN)
+            self._renew = client.register_script(_RENEW_OWNERSHIP)
             self._release = client.register_script(_RELEASE_LEASE)
             self._usage_fields = client.register_script(_USAGE_FIELDS)
             try:
@@ -452,6 +523,7 @@ class RedisStore:
                     for script in (
                         self._create, self._append, self._patch, self._put_run,
                         self._delete, self._acquire, self._release, self._usage_fields,
+                        self._claim, self._renew,
                     ):  # fmt: skip
                         await client.script_load(script.script)
             except BaseException:
@@ -717,6 +789,8 @@ class RedisStore:
             k.base,
             session_id,
             *run_args,
+            *_owner_args(run),
+            self._prefix,
             *[codec.encode(e) for e in events],
         ]
         keys = [k.session(session_id), k.events(session_id), k.session_runs(session_id)]
@@ -787,6 +861,8 @@ class RedisStore:
             agent,
             model,
             usage,
+            *_owner_args(run),
+            self._prefix,
         ]
         with _redis_errors("put_run"):
             done = await self._put_run(keys, args, client=client)
@@ -798,10 +874,64 @@ class RedisStore:
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
         client = self._redis()
         with _redis_errors("get_run"):
-            raw = await client.hget(_Keys(self._prefix, tenant).run(run_id), "j")
+            raw, owner, lease = await client.hmget(_Keys(self._prefix, tenant).run(run_id),
+                                                   ["j", "o", "le"])
         if raw is None:
             raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-        return codec.decode_run(raw)
+        return _with_owner(codec.decode_run(raw), owner, lease)
+
+    # -- run ownership ----------------------------------------------------------
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        client = self._redis()
+        key = _Keys(self._prefix, tenant).run(run_id)
+        with _redis_errors("claim_run"):
+            got = await self._claim([], [self._prefix, key, owner, repr(ttl_s), *statuses],
+                                    client=client)
+        if got == -1:
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        if got == 0:
+            return None
+        run = codec.decode_run(got[0])
+        run.owner, run.lease_expires_at = owner, float(got[1])
+        run.status, run.error, run.updated_at = "running", None, time.time()
+        run.attempt += 1
+        await self.put_run(run)  # the record as its new owner writes it
+        return run
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        client = self._redis()
+        with _redis_errors("renew_ownership"):
+            return int(await self._renew([], [self._prefix, owner, repr(ttl_s)], client=client))
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        client = self._redis()
+        index = f"{self._prefix}claimable"
+        with _redis_errors("claimable_runs"):
+            seconds, micros = await client.time()
+            clock = seconds + micros / 1e6
+            keys = cast(list[bytes], await client.zrange(index, "-inf", clock, byscore=True,
+                                                          offset=0, num=limit * 2))
+            if not keys:
+                return []
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hmget(key, ["j", "o", "le"])
+            rows = await pipe.execute()
+        found: list[RunRecord] = []
+        gone: list[bytes] = []
+        for key, (raw, owner, lease) in zip(keys, rows, strict=True):
+            if raw is None:
+                gone.append(key)
+                continue
+            run = _with_owner(codec.decode_run(raw), owner, lease)
+            if run.status in OWNED_STATUSES or (include_interrupted and run.status == "interrupted"):
+                found.append(run)
+        if gone:
+            with _redis_errors("claimable_runs"):
+                await client.zrem(index, *gone)
+        return found[:limit]
 
     async def list_runs(
         self,
@@ -954,7 +1084,8 @@ class RedisStore:
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         with _redis_errors("acquire_lease"):
             got = await self._acquire(
-                [k.session(session_id), k.lease(session_id)], [owner, ttl_ms], client=client
+                [k.session(session_id), k.lease(session_id)], [owner, ttl_ms, self._prefix],
+                client=client,
             )
         if got == -1:
             raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
@@ -1011,6 +1142,20 @@ def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> Non
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
     if maximum is not None and limit > maximum:
         raise InvalidInput(f"limit must be at most {maximum}", field="limit")
+
+
+def _owner_args(run: RunRecord | None) -> list[str]:
+    if run is None or run.owner is None or run.lease_expires_at is None:
+        return ["", ""]
+    return [run.owner, repr(run.lease_expires_at)]
+
+
+def _with_owner(run: RunRecord, owner: Any, lease: Any) -> RunRecord:
+    """Ownership as renewals keep it (beside the JSON, which keeps it as last written)."""
+    if run.status in OWNED_STATUSES and owner is not None:
+        run.owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+        run.lease_expires_at = float(lease) if lease is not None else None
+    return run
 
 
 def _run_fields(run: RunRecord) -> tuple[bytes, str, str, bytes]:

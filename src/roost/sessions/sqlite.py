@@ -43,7 +43,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -60,7 +60,7 @@ from roost.errors import (
 )
 from roost.sessions import codec
 from roost.sessions.records import Event, Page, RunRecord, Session, now
-from roost.sessions.store import MAX_LIST_RUNS
+from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
     UsageTotals,
@@ -130,6 +130,15 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # runs written before it read back with model "". Usage by (tenant, created_at) ranges
     # uses runs_by_tenant from migration 1.
     ("ALTER TABLE runs ADD COLUMN model TEXT NOT NULL DEFAULT ''",),
+    # 3: who drives a non-terminal run and until when (takeover when the lease expires);
+    # the partial index answers "which runs lost their owner?" without reading finished runs.
+    (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN lease_expires_at REAL",
+        "CREATE INDEX runs_claimable ON runs (lease_expires_at)"
+        " WHERE status IN ('queued', 'running', 'interrupted')",
+        "CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -139,7 +148,7 @@ _SESSION_COLUMNS: Final = (
 )
 _RUN_COLUMNS: Final = (
     "tenant, id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at, model"
+    " created_at, updated_at, model, owner, lease_expires_at"
 )
 _EVENT_COLUMNS: Final = "seq, run_id, type, data, ts"
 
@@ -390,6 +399,18 @@ class SQLiteStore:
         return totals_from_rows(keys, rows)
 
     # -- leases -----------------------------------------------------------------
+    # -- run ownership ----------------------------------------------------------
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        return await self._write(_claim_run, tenant, run_id, owner, ttl_s, tuple(statuses))
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        return await self._write(_renew_ownership, owner, ttl_s)
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        return await self._read(_claimable_runs, include_interrupted, limit)
+
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         if not ttl_s > 0:
             raise InvalidInput("lease ttl_s must be positive", field="ttl_s")
@@ -930,12 +951,13 @@ _INSERT_EVENT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_RUN: Final = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, id) DO UPDATE SET session_id = excluded.session_id,"
     " agent = excluded.agent, status = excluded.status, input = excluded.input,"
     " output = excluded.output, deadline = excluded.deadline, attempt = excluded.attempt,"
     " usage = excluded.usage, error = excluded.error, created_at = excluded.created_at,"
-    " updated_at = excluded.updated_at, model = excluded.model"
+    " updated_at = excluded.updated_at, model = excluded.model, owner = excluded.owner,"
+    " lease_expires_at = excluded.lease_expires_at"
 )
 
 
@@ -975,6 +997,48 @@ def _acquire_lease(
         (tenant, session_id, owner, clock + ttl_s, clock),
     )
     return cur.rowcount == 1
+
+
+def _claim_run(conn: sqlite3.Connection, tenant: str, run_id: str, owner: str, ttl_s: float,
+               statuses: tuple[str, ...]) -> RunRecord | None:
+    # One statement in the single writer: the check and the write cannot be split.
+    clock = time.time()
+    marks = ", ".join("?" * len(statuses))
+    row = conn.execute(
+        f"UPDATE runs SET owner = ?, lease_expires_at = ?, status = 'running', error = NULL,"
+        f" attempt = attempt + 1, updated_at = ? WHERE tenant = ? AND id = ?"
+        f" AND status IN ({marks})"
+        " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        f" RETURNING {_RUN_COLUMNS}",
+        (owner, clock + ttl_s, clock, tenant, run_id, *statuses, clock),
+    ).fetchone()
+    if row is not None:
+        return _run_from_row(row)
+    if conn.execute("SELECT 1 FROM runs WHERE tenant = ? AND id = ?",
+                    (tenant, run_id)).fetchone() is None:
+        raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+    return None
+
+
+def _renew_ownership(conn: sqlite3.Connection, owner: str, ttl_s: float) -> int:
+    until = time.time() + ttl_s
+    conn.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (until, owner))
+    return conn.execute(
+        "UPDATE runs SET lease_expires_at = ? WHERE owner = ? AND status IN ('queued', 'running')",
+        (until, owner),
+    ).rowcount
+
+
+def _claimable_runs(conn: sqlite3.Connection, include_interrupted: bool,
+                    limit: int) -> list[RunRecord]:
+    rows = conn.execute(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running', 'interrupted')"
+        " AND (lease_expires_at <= ? OR (? AND status = 'interrupted' AND lease_expires_at IS NULL))"
+        " AND (status <> 'interrupted' OR ?)"
+        " ORDER BY lease_expires_at LIMIT ?",
+        (time.time(), include_interrupted, include_interrupted, limit),
+    ).fetchall()
+    return [_run_from_row(row) for row in rows]
 
 
 def _release_lease(conn: sqlite3.Connection, tenant: str, session_id: str, owner: str) -> None:
@@ -1130,6 +1194,8 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         run.created_at,
         run.updated_at,
         run.model,
+        run.owner,
+        run.lease_expires_at,
     )
 
 
@@ -1149,6 +1215,8 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         created_at=row[11],
         updated_at=row[12],
         model=row[13],
+        owner=row[14],
+        lease_expires_at=row[15],
     )
 
 

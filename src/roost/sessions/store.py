@@ -9,7 +9,7 @@ backend cannot be reached; a driver's exception never escapes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Final, Protocol, runtime_checkable
 
 from roost.sessions.records import Event, Page, RunRecord, Session
@@ -17,6 +17,9 @@ from roost.sessions.usage import UsageTotals
 
 #: the most runs one `list_runs` call returns; a larger `limit` is `InvalidInput`
 MAX_LIST_RUNS: Final = 1000
+
+#: the statuses a run can be claimed from (to be resumed by the claimant)
+CLAIMABLE_STATUSES: Final = ("queued", "running", "interrupted")
 
 
 @runtime_checkable
@@ -127,6 +130,23 @@ class Store(Protocol):
         No runs, no groups. `InvalidInput` for an unknown key or more than
         `MAX_USAGE_GROUPS` groups (see `roost.sessions.usage`).
         """
+
+    # -- run ownership: who drives a non-terminal run, and taking over ----------
+    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        """Atomically take a run: only when its status is in `statuses` and it has no owner
+        or its owner's lease expired (the same owner with a live lease loses too). Sets
+        owner, lease (now + ttl_s), status `running`, attempt + 1, no error; returns the
+        updated record, or None when it is not claimable. `RunNotFound` when absent."""
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        """One batch per instance: extend the lease of every queued or running run owned by
+        `owner`, and of every session lease it holds, to now + ttl_s. Returns runs renewed."""
+
+    async def claimable_runs(self, *, include_interrupted: bool = False,
+                             limit: int = 100) -> list[RunRecord]:
+        """Across all tenants: queued or running runs whose owner's lease expired (and,
+        with `include_interrupted`, interrupted runs nobody holds), oldest expiry first."""
 
     # -- leases: one active run per session across processes -------------------
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:

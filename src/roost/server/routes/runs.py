@@ -44,14 +44,14 @@ async def follow_run(run_id: str, request: Request) -> Response:
                            field="Last-Event-ID") from None
     if not 0 <= after < 2**63:
         raise InvalidInput("Last-Event-ID is out of range", field="Last-Event-ID")
-    handle = runtime.runs.get(run_id)
-    if handle is None or handle.run.tenant != tenant:
+    handle = runtime.live_run(tenant, run_id)
+    if handle is None:
         run = await runtime.get_run(tenant, run_id)
-        events = await runtime.store.read_events(tenant, run.session_id, after=after, limit=1000)
-        body = b"".join(frame(e) for e in events if e.run_id == run_id)
+        events = await runtime.read_run_events(tenant, run, after=after)
+        body = b"".join(frame(e) for e in events)
         return Response(body, media_type="text/event-stream")
-    return RunEventStream(handle, runtime.store, heartbeat_s=runtime.settings.server.heartbeat_s,
-                          after_seq=after)
+    return RunEventStream(handle, runtime.replay_of(handle.run),
+                          heartbeat_s=runtime.settings.server.heartbeat_s, after_seq=after)
 
 
 @router.post("/v1/runs/{run_id}/cancel", response_model=RunOut)

@@ -98,7 +98,7 @@ async def list_events(session_id: str, request: Request,
     runtime = runtime_of(request)
     tenant = tenant_of(request)
     await runtime.get_session(tenant, session_id)  # 404 for an unknown session, not []
-    events = await runtime.store.read_events(tenant, session_id, after=after, limit=limit)
+    events = await runtime.read_events(tenant, session_id, after=after, limit=limit)
     next_after = events[-1].seq if len(events) == limit else None
     return json_response({"items": events, "next_after": next_after})
 

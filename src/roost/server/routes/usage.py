@@ -77,7 +77,7 @@ async def usage(
     if start is not None and end is not None and end <= start:
         raise InvalidInput("until must be later than since", field="until")
     tenant = tenant_of(request)
-    totals = await runtime_of(request).store.usage_summary(
+    totals = await runtime_of(request).usage_summary(
         tenant, group_by=keys, since=start, until=end
     )
     items: list[dict[str, Any]] = [

@@ -1,0 +1,94 @@
+"""Executing one admitted run: the engine over its live session, then what follows it
+(the window kept, compaction), and the record of a run that never started."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from roost.engine.compaction import CompactionPolicy, compact
+from roost.engine.run import RunContext, Runner
+from roost.errors import RoostError
+from roost.models.base import Message
+from roost.runtime.agents import HostedAgent
+from roost.runtime.handle import RunHandle
+from roost.runtime.live_session import LiveSession
+from roost.sessions.records import Event, now
+
+if TYPE_CHECKING:
+    from roost.runtime.runtime import Runtime
+
+log = logging.getLogger("roost.runtime")
+
+
+class Executor:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def execute(self, handle: RunHandle, hosted: HostedAgent, live: LiveSession,
+                      deadline: float, *, resume_messages: list[Message] | None = None) -> None:
+        rt = self.runtime
+        agent = hosted.agent
+        messages = ([hosted.system] if hosted.system else []) + (
+            resume_messages if resume_messages is not None else live.history)
+        ctx = RunContext(agent=agent, model=hosted.model, tools=hosted.tools,
+                         tool_specs=hosted.tool_specs, session=live, run=handle.run,
+                         messages=messages, deadline=deadline, emit=handle.channel.publish,
+                         stream=handle.stream, hooks=rt.hooks,
+                         resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
+                         artifacts=rt.artifacts)
+        handle.ctx = ctx
+        handle.started = True
+        try:
+            await Runner(ctx).run()
+            if (handle.run.error or {}).get("type") == "store_unavailable":
+                rt.store_failed()
+        finally:
+            conversation = ctx.messages[1:] if hosted.system else ctx.messages
+            handle.conversation = conversation
+            live.remember(conversation, completed=handle.run.status == "completed")
+            rt.sessions.resize(live)
+            if ctx.unsettled:
+                rt.recovery.settle_later(handle.run)
+
+    async def compact(self, handle: RunHandle, hosted: HostedAgent, live: LiveSession,
+                      policy: CompactionPolicy) -> None:
+        """Summarise older history with a model; best effort — a failure leaves the history
+        as it was (windowing still bounds the prompt)."""
+        assert hosted.summariser is not None
+        run = handle.run
+        loop = asyncio.get_running_loop()
+        try:
+            compaction = await compact(handle.conversation, policy, hosted.summariser,
+                                       deadline=loop.time() + policy.timeout_s,
+                                       metadata={"run_id": run.id, "tenant": run.tenant,
+                                                 "session_id": run.session_id,
+                                                 "purpose": "compaction"})
+            if compaction is None:
+                return
+            if await live.record_compaction(compaction, run.id, handle.conversation):
+                self.runtime.sessions.resize(live)
+                log.info("compacted session %s: %d messages summarised", live.id,
+                         compaction.replaced)
+        except RoostError as exc:
+            log.warning("compaction of session %s failed: %s", run.session_id, exc)
+
+    async def record_unstarted(self, handle: RunHandle, status: str,
+                               exc: BaseException | None) -> None:
+        """A run that never reached the engine: its record, and its end for live readers."""
+        run = handle.run
+        run.status = status
+        if exc is not None:
+            run.error = {"type": getattr(exc, "type", "timed_out"), "message": str(exc) or status}
+        else:  # the same shape as a run cancelled while running
+            run.error = {"type": status, "reason": handle.cancel_reason or "user"}
+        run.owner = None
+        run.lease_expires_at = None
+        run.updated_at = now()
+        handle.channel.publish(Event(type="run.failed" if status != "cancelled" else "run.cancelled",
+                                     run_id=run.id, data={"error": run.error or {"type": status}}))
+        try:
+            await self.runtime.store.put_run(run)
+        except RoostError as error:
+            log.warning("run %s: its %s record could not be written: %s", run.id, status, error)

@@ -1,0 +1,140 @@
+"""Turns: admit one, then drive its run to the end.
+
+The order of a turn: decisions that cost nothing come first (draining, admission, the agent's
+state, the session's double-texting policy — all synchronous), then the session's live owner
+is found (cache, or one load from the store), then the run's task waits its turn in the
+session lane and for an admission slot, takes the store lease when the store is shared
+between processes, and runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from roost.engine.compaction import needs_compaction
+from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
+from roost.runtime.admission import Priority, Slot
+from roost.runtime.agents import AgentUnavailable, HostedAgent
+from roost.runtime.bus import RunChannel
+from roost.runtime.handle import RunHandle, new_id
+from roost.runtime.live_session import LiveSession
+from roost.sessions.records import RunRecord, now
+
+if TYPE_CHECKING:
+    from roost.runtime.runtime import Runtime
+
+log = logging.getLogger("roost.runtime")
+
+
+class Turns:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
+                     timeout_s: float | None = None,
+                     priority: Priority = "interactive") -> RunHandle:
+        """Admit a turn and start it. Raises at once (before any store work where possible)
+        when it cannot be taken: draining, agent paused/stopped, overload, session busy."""
+        rt = self.runtime
+        if rt.draining:
+            raise AgentUnavailable("the server is shutting down", retry_after=1)
+        rt.check_store()
+        # Admission first: the overload decision costs microseconds and no store work.
+        slot = rt.admission.reserve(tenant, priority=priority,
+                                    deadline=time.monotonic() + (timeout_s or rt.agents.max_timeout))
+        try:
+            try:
+                live = await rt.sessions.get(tenant, session_id, rt.agents.policies_of)
+            except StoreUnavailable:
+                rt.store_failed()
+                raise
+            hosted = rt.agents.hosted(live.session.agent)
+            limits = hosted.agent.limits
+            if not text or not text.strip():
+                raise InvalidInput("input must not be empty", field="input")
+            if len(text) > limits.max_input_chars:
+                raise InvalidInput(f"input is longer than {limits.max_input_chars} characters",
+                                   field="input")
+            rt.agents.check_admits(hosted)
+        except BaseException:
+            slot.release()
+            raise
+        timeout = min(timeout_s, limits.run_timeout_s) if timeout_s else limits.run_timeout_s
+        loop = asyncio.get_running_loop()
+        run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
+                        agent=hosted.name, model=hosted.model.name, status="queued",
+                        input=text, deadline=now() + timeout, owner=rt.instance_id,
+                        lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
+        handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
+                           stream=stream, done=loop.create_future())
+        try:
+            lane_wait = rt.lanes.enter((tenant, session_id), handle,
+                                       policy=hosted.agent.policies.double_texting,
+                                       max_pending=hosted.agent.policies.max_pending_turns,
+                                       cancel=lambda h: h.cancel("interrupt"))
+        except BaseException:
+            slot.release()
+            raise
+        if rt.shared and lane_wait is None and hosted.agent.policies.double_texting == "reject":
+            # Across instances `reject` answers now, like the lane does in one process: a
+            # busy session is a 409 with nothing stored, not a failed run.
+            try:
+                handle.leased = await rt.leases.try_take(tenant, session_id)
+                if not handle.leased:
+                    raise SessionBusy("the session has an active run on another instance",
+                                      session_id=session_id)
+            except BaseException:
+                rt.lanes.leave((tenant, session_id), handle)
+                slot.release()
+                raise
+        rt.runs[run.id] = handle
+        rt.sessions.pin(live)
+        handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
+                                           loop.time() + timeout), name=f"run-{run.id}")
+        return handle
+
+    async def _drive(self, handle: RunHandle, hosted: HostedAgent, live: LiveSession,
+                     slot: Slot, lane_wait: asyncio.Future[None] | None, deadline: float) -> None:
+        """The root of one run's task: wait for the lane, the agent, a slot and the lease,
+        then run. Swallows cancellation: this task has no awaiting parent."""
+        rt = self.runtime
+        run = handle.run
+        try:
+            async with asyncio.timeout_at(deadline):
+                if lane_wait is not None:
+                    await lane_wait
+                if hosted.state != "running":
+                    await hosted.resumed.wait()
+            # The slot enforces the same deadline itself (RunTimeout), counted as expired.
+            await slot.acquire()
+            if rt.shared and not handle.leased:
+                # No read of the session here: if another instance moved it on, the run's
+                # first append says so and the run catches up then (LiveSession.reload).
+                async with asyncio.timeout_at(deadline):
+                    await rt.leases.take(run, policy=hosted.agent.policies.double_texting)
+                handle.leased = True
+            await rt.executor.execute(handle, hosted, live, deadline)
+            policy = hosted.agent.policies.compaction
+            if (run.status == "completed" and policy is not None
+                    and needs_compaction(handle.conversation, policy)):
+                # Answer the client first; the session stays ours (lane, lease) until the
+                # summary is recorded, so the next turn sees it.
+                handle.channel.close()
+                handle.finish()
+                await rt.executor.compact(handle, hosted, live, policy)
+        except (TimeoutError, RoostError) as exc:
+            # Never started: the deadline passed while waiting, the slot timed out in the
+            # queue, or the lease stayed taken.
+            status = "timed_out" if isinstance(exc, TimeoutError) or exc.type == "timed_out" else "failed"
+            await rt.executor.record_unstarted(handle, status, exc)
+        except asyncio.CancelledError:
+            if not handle.started:
+                await rt.executor.record_unstarted(handle, "cancelled", None)
+        except Exception as exc:  # pragma: no cover - a bug; keep serving
+            log.exception("run %s crashed in the runtime", run.id)
+            await rt.executor.record_unstarted(handle, "failed", exc)
+        finally:
+            await rt.end_run(handle, live, slot)
