@@ -165,3 +165,14 @@ def test_init_makes_a_project_that_serve_config_check_and_pytest_run(tmp_path: P
 def test_shell_completion_is_offered() -> None:
     result = roost("--help")
     assert "--install-completion" in result.stdout and "--show-completion" in result.stdout
+
+
+def test_run_an_agent_file_beside_loaded_agents(tmp_path: Path) -> None:
+    (tmp_path / "loud.py").write_text(SHOUT.replace('name="weather"', 'name="loud"'))
+    (tmp_path / "two.py").write_text(SHOUT + '\nother = Agent(name="other")\n')
+    both = roost("run", "loud.py", "shout hi", "--load", "two.py", "--store", "memory://")
+    assert both.exit_code == 0, both.output
+    assert "shout: HI!" in both.stdout
+    ambiguous = roost("run", "two.py", "hi", "--store", "memory://")
+    assert ambiguous.exit_code == 1
+    assert "defines several agents (weather, other)" in ambiguous.stderr

@@ -119,30 +119,31 @@ def _agents(settings: Settings, targets: list[str]):  # type: ignore[no-untyped-
 def _one_agent(settings: Settings, agent: str, load: list[str]):  # type: ignore[no-untyped-def]
     """`run`/`chat`'s AGENT: a name, or an agent file (as `serve` takes). A local `NAME.py`
     wins over the bundled example of that name, and says so."""
-    targets = list(load)
-    name: str | None = agent
     path = Path(agent)
     if path.suffix == ".py" or path.is_file():
-        targets.append(agent)
-        name = None  # the file's only agent, or the one named like the file
-    elif not targets and not settings.load and Path(f"{agent}.py").is_file():
+        # The file's only agent, or the one named like the file; --load adds others (tools
+        # may call them) without making the choice ambiguous.
+        mine = _agents(settings.model_copy(update={"load": []}), [agent])
+        named = [a for a in mine if a.name == path.stem]
+        if len(mine) > 1 and not named:
+            errors.print(f"[red]agent_not_found[/]: {escape(agent)} defines several agents "
+                         f"({escape(', '.join(a.name for a in mine))}): load it with --load "
+                         "and name one")
+            raise typer.Exit(1)
+        others = _agents(settings, load) if load or settings.load else []
+        return [*others, *mine], (named or mine)[0].name
+    targets = list(load)
+    if not targets and not settings.load and Path(f"{agent}.py").is_file():
         errors.print(f"[dim]loading ./{escape(agent)}.py (a local file wins over the bundled "
                      "examples; --load to choose)[/]")
         targets.append(f"{agent}.py")
     agents = _agents(settings, targets)
-    names = [a.name for a in agents]
-    if name is None:
-        from_file = [a for a in agents if a.name == path.stem] or agents[-1:]
-        if len(agents) > 1 and not any(a.name == path.stem for a in agents):
-            errors.print(f"[red]agent_not_found[/]: {escape(agent)} defines several agents "
-                         f"({escape(', '.join(names))}): load it with --load and name one")
-            raise typer.Exit(1)
-        name = from_file[0].name
-    if name not in names:
-        errors.print(f"[red]agent_not_found[/]: no agent {escape(repr(name))}; "
-                     f"agents: {escape(', '.join(sorted(names)))}")
+    names = sorted(a.name for a in agents)
+    if agent not in names:
+        errors.print(f"[red]agent_not_found[/]: no agent {escape(repr(agent))}; "
+                     f"agents: {escape(', '.join(names))}")
         raise typer.Exit(1)
-    return agents, name
+    return agents, agent
 
 
 def _refuse_problems(settings: Settings, agents: list[Any]) -> None:
