@@ -26,3 +26,22 @@ def test_observability_exports_resolve_lazily() -> None:
     from roost.observability import logs  # a submodule, not an export
 
     assert logs.__name__ == "roost.observability.logs"
+
+
+def test_the_opentelemetry_sdk_is_in_the_pinned_tested_range() -> None:
+    """observability/spans.py reads the SDK's private span processor list: the range in
+    pyproject.toml is the one these tests ran on, and the attribute is still there."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    requirements = [Requirement(r) for r in
+                    tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+    (sdk,) = [r for r in requirements if r.name == "opentelemetry-sdk"]
+    assert sdk.specifier.contains(importlib.metadata.version("opentelemetry-sdk"))
+    assert any(spec.operator == "<" for spec in sdk.specifier)  # an upper bound: pinned
+    assert isinstance(SynchronousMultiSpanProcessor()._span_processors, tuple)
