@@ -215,8 +215,9 @@ def test_config_check_prints_each_problem_with_its_key_path(tmp_path: Path) -> N
     result = roost("config", "check", str(path))
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
-    assert lines[0] == "configuration error: 3 problem(s)"
-    keys = {line.strip().split(":")[0] for line in lines[1:]}
+    assert lines[0] == f"reading {path} and ROOST_* variables"
+    assert lines[1] == "configuration error: 3 problems"
+    keys = {line.strip().split(":")[0] for line in lines[2:]}
     assert keys == {"server.port", "server.colour", "store.url"}
     assert result.stdout == ""
 
@@ -274,7 +275,7 @@ def test_config_check_reports_environment_problems(monkeypatch: pytest.MonkeyPat
 def test_config_check_of_a_missing_file(tmp_path: Path) -> None:
     result = roost("config", "check", str(tmp_path / "absent.toml"))
     assert result.exit_code == 2
-    assert "(file)" in result.stderr
+    assert f"cannot read config file {tmp_path / 'absent.toml'}" in result.stderr
 
 
 def test_serve_refuses_a_bad_config_before_listening(tmp_path: Path) -> None:

@@ -94,7 +94,8 @@ def assert_full(settings: Settings) -> None:
     assert settings.providers["local"].base_url == "http://127.0.0.1:8001/v1"
     assert settings.models["fast"].model == "llama3"
     assert settings.agents["weather"].limits == {"max_steps": 4}
-    assert settings.load == ["examples/weather.py"]
+    assert [Path(p).relative_to(Path(p).parents[1]).as_posix() for p in settings.load] == [
+        "examples/weather.py"]  # relative to the config file (see test_load_paths_…)
 
 
 def test_toml_file_loads(tmp_path: Path) -> None:
@@ -227,14 +228,14 @@ def test_an_unreadable_file_is_a_config_error(tmp_path: Path, name: str, text: s
     with pytest.raises(ConfigError) as caught:
         load_settings(write(tmp_path, name, text))
     assert says in caught.value.message
-    assert [key for key, _ in caught.value.problems] == ["(file)"]
+    assert [key for key, _ in caught.value.problems] == [str(tmp_path / name)]  # names the file
 
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(tmp_path / "absent.toml")
     assert "absent.toml" in caught.value.message
-    assert caught.value.problems[0][0] == "(file)"
+    assert caught.value.problems[0][0] == str(tmp_path / "absent.toml")
 
 
 @pytest.mark.parametrize(("text", "key", "fragment"), [
@@ -253,3 +254,19 @@ def test_gc_thresholds_can_be_left_to_python(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings().server.gc_thresholds is None
     monkeypatch.setenv("ROOST_SERVER__GC_THRESHOLDS", "[5000, 10, 50]")
     assert load_settings().server.gc_thresholds == (5000, 10, 50)
+
+
+def test_load_paths_are_relative_to_the_config_file(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "conf"
+    config.mkdir()
+    path = write(config, "roost.toml", 'load = ["agents/a.py", "mypkg.agents", "/abs/b.py"]\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(path).load == [str(config / "agents/a.py"), "mypkg.agents", "/abs/b.py"]
+
+
+@pytest.mark.parametrize("url", ["localhost:8001/v1", "ftp://x/v1", "http://"])
+def test_a_provider_base_url_must_be_http(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, providers={"local": {"base_url": url}})
+    assert [key for key, _ in caught.value.problems] == ["providers.local.base_url"]

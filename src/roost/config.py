@@ -139,6 +139,16 @@ class ProviderConfig(_Section):
     connect_timeout_s: float = Field(10.0, gt=0)
     read_timeout_s: float = Field(300.0, gt=0)
 
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            scheme, sep, rest = value.partition("://")
+            if scheme not in ("http", "https") or not sep or not rest.split("/")[0]:
+                raise ValueError("use an http:// or https:// URL with a host, "
+                                 "e.g. http://127.0.0.1:8001/v1")
+        return value
+
 
 class ModelAliasConfig(_Section):
     provider: str
@@ -195,7 +205,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
-                          [("(file)", f"{path}: {exc.strerror}")]) from None
+                          [(str(path), str(exc.strerror))]) from None
     try:
         if path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text) or {}
@@ -203,19 +213,29 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}",
-                          [("(file)", str(exc))]) from None
+                          [(str(path), str(exc))]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/mapping",
-                          [("(file)", "expected a mapping")])
+                          [(str(path), "the top level must be a table/mapping")])
     return data
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from `path` (or `$ROOST_CONFIG`, or ./roost.toml if present) + env + overrides."""
+def config_path(path: str | Path | None = None) -> Path | None:
+    """The file `load_settings(path)` reads: `path`, `$ROOST_CONFIG`, ./roost.toml, or None."""
     if path is None:
         path = os.environ.get("ROOST_CONFIG") or (
             "roost.toml" if Path("roost.toml").exists() else None)
+    return Path(path) if path else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (or `$ROOST_CONFIG`, or ./roost.toml if present) + env + overrides.
+
+    Agent files in the file's `load` are relative to the file, not to the working directory."""
+    path = config_path(path)
     data = read_config_file(path) if path else {}
+    if path and isinstance(data.get("load"), list):
+        data["load"] = [_beside(path, target) for target in data["load"]]
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             data[key] = {**data[key], **value}
@@ -223,8 +243,16 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             data[key] = value
     try:
         return Settings(**data)
-    except ValidationError as exc:
+    except ValidationError as exc:  # every problem, each with its key path
         problems = [(".".join(str(p) for p in err["loc"]) or "(root)", err["msg"])
                     for err in exc.errors(include_url=False)]
         summary = "; ".join(f"{k}: {m}" for k, m in problems)
         raise ConfigError(f"invalid configuration: {summary}", problems) from None
+
+
+def _beside(config: Path, target: Any) -> Any:
+    """A relative agent file named in `config`, as a path from the working directory."""
+    if not isinstance(target, str) or not (target.endswith(".py") or "/" in target):
+        return target  # a module name: imported from sys.path
+    candidate = Path(target)
+    return target if candidate.is_absolute() else str(config.parent / candidate)

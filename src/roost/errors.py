@@ -4,6 +4,7 @@
     ├── UserError                    the caller's mistake; maps to 4xx
     │   ├── ConfigError              bad configuration (each problem carries its key path)
     │   ├── InvalidInput             bad request data (names the field)
+    │   ├── UnsupportedMediaType     a body that is not application/json (415)
     │   ├── NotFound                 unknown agent, session or run
     │   │   ├── AgentNotFound
     │   │   ├── SessionNotFound
@@ -62,6 +63,11 @@ class ConfigError(UserError):
         super().__init__(message)
         # (dotted key path, what is wrong with it)
         self.problems = problems or []
+
+
+class UnsupportedMediaType(UserError):
+    status = 415
+    type = "unsupported_media_type"
 
 
 class InvalidInput(UserError):
@@ -203,6 +209,9 @@ class MaxStepsExceeded(RunFailure):
 
 
 class RunTimeout(RunFailure):
+    # Raised to a caller only when the deadline passed before the run started (queued too
+    # long): the server did not answer in time, it did not fail.
+    status = 504
     type = "timed_out"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 
+import orjson
 import structlog
 
 from roost.observability import Observability, ObservabilityConfig, logs
@@ -181,3 +182,17 @@ def test_bind_and_unbind_nest() -> None:
     unbind(outer)
     assert current_context() == {}
     unbind(outer)  # a used token is tolerated
+
+
+def test_uvicorns_color_message_stays_out_of_json_logs() -> None:
+    out = io.StringIO()
+    logs.configure_logging("info", "json", stream=out)
+    try:
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 7,
+            extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]"})
+    finally:
+        logs.unconfigure_logging()
+    line = orjson.loads(out.getvalue().splitlines()[-1])
+    assert line["event"] == "Started server process [7]"
+    assert "color_message" not in line

@@ -26,6 +26,13 @@ _DEFAULT_PROVIDERS: dict[str, dict[str, Any]] = {
 }
 
 
+def _suggest(ref: str, aliases: dict[str, ModelAliasConfig]) -> str:
+    """What to write instead of an unknown bare model name: `openai:gpt-4o`, not `gpt-4o`."""
+    provider = "anthropic" if ref.lower().startswith("claude") else "openai"
+    known = f" or an alias ({', '.join(sorted(aliases))})" if aliases else " or an alias from [models]"
+    return f"did you mean '{provider}:{ref}'? Use provider:model, 'demo',{known}"
+
+
 class ModelRegistry:
     def __init__(self, providers: dict[str, ProviderConfig] | None = None,
                  aliases: dict[str, ModelAliasConfig] | None = None) -> None:
@@ -77,8 +84,9 @@ class ModelRegistry:
             return base
         provider, sep, name = ref.partition(":")
         if not sep or not name:
-            raise ConfigError(f"unknown model {ref!r}: not 'demo', an alias, or provider:model",
-                              [("model", f"unknown model {ref!r}")])
+            hint = _suggest(ref, self.aliases)
+            raise ConfigError(f"unknown model {ref!r}: {hint}", [("model", f"unknown model "
+                                                                  f"{ref!r}: {hint}")])
         return self._provider_model(provider, name, {}, "model")
 
     def _provider_model(self, provider: str, model: str, settings: dict[str, Any], key: str) -> Model:

@@ -23,8 +23,10 @@ after `keepalive_timeout_s`); `http` and `https` (by default `ssl.create_default
 responses with a Content-Length, chunked or read until close; flow control (the socket is not
 read while more than 256 KiB of body waits for the reader); one transparent retry when a
 connection that sat idle in the pool turns out closed before any byte of the answer.
+Proxies: `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` (or `proxies=`), through a
+CONNECT tunnel (see `proxy.py`).
 What it leaves out: methods other than POST, redirects (a 3xx is a status like any other),
-proxies, compression (no Accept-Encoding is sent), HTTP/2, cookies.
+compression (no Accept-Encoding is sent), HTTP/2, cookies.
 
 Timeouts, all raising the builtin `TimeoutError`:
 
@@ -65,6 +67,8 @@ from typing import Any, Final, cast
 
 import httptools
 from yarl import URL
+
+from roost.models.proxy import Proxy, environment_proxies, open_tunnel, proxy_for
 
 __all__ = [
     "BodyCutShort",
@@ -574,6 +578,8 @@ class _Pool:
         self._waiters: deque[tuple[str, asyncio.Future[_Connection | None]]] = deque()
         self._sweep: asyncio.TimerHandle | None = None
         self._tls = client.ssl_context
+        self._proxies = client.proxies
+        self._proxy: dict[str, Proxy | None] = {}  # origin -> its proxy (None: direct)
         self.resolver = _Resolver(loop, client.dns_ttl_s)
         self.closed = False
         self.connects_total = 0
@@ -648,9 +654,15 @@ class _Pool:
             tls = self._tls
             if tls is None:
                 tls = self._tls = ssl.create_default_context()
+        proxy = self._proxy_of(target)
         try:
             async with asyncio.timeout_at(connect_by):
-                if target.named:
+                if proxy is not None:
+                    sock = await open_tunnel(proxy, target.host, target.port)
+                    await self.loop.create_connection(
+                        lambda: conn, sock=sock, ssl=tls,
+                        server_hostname=target.host if tls is not None else None)
+                elif target.named:
                     await self._connect_named(conn, target, tls)
                 else:
                     await self.loop.create_connection(
@@ -673,6 +685,15 @@ class _Pool:
         self._conns.add(conn)
         self.connects_total += 1
         return conn
+
+    def _proxy_of(self, target: _Target) -> Proxy | None:
+        if not self._proxies:
+            return None
+        if target.origin not in self._proxy:
+            scheme = "https" if target.tls else "http"
+            self._proxy[target.origin] = proxy_for(scheme, target.host, target.port,
+                                                   self._proxies)
+        return self._proxy[target.origin]
 
     async def _connect_named(
         self, conn: _Connection, target: _Target, tls: ssl.SSLContext | None
@@ -931,6 +952,7 @@ class HTTPClient:
         pool_timeout_s: float | None = None,
         dns_ttl_s: float = 300.0,
         ssl_context: ssl.SSLContext | None = None,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
@@ -951,6 +973,8 @@ class HTTPClient:
         self.pool_timeout_s = pool_timeout_s
         self.dns_ttl_s = dns_ttl_s
         self.ssl_context = ssl_context
+        # scheme ("http", "https", "all") or "no" -> value; read from the environment once.
+        self.proxies = dict(environment_proxies() if proxies is None else proxies)
         self._defaults = {
             name.lower(): _header_line(name, value) for name, value in (headers or {}).items()
         }

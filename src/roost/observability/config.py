@@ -5,7 +5,8 @@ file or `ROOST_OBSERVABILITY__*` env vars:
 
     [observability]
     metrics_port = 9464          # omit: /metrics on the main app
-    tracing = true               # OTLP endpoint, sampler etc. from the standard OTEL_* env vars
+    tracing = true               # exporter (OTEL_TRACES_EXPORTER), endpoint, sampler, service
+                                 # name etc. from the standard OTEL_* variables; off: OTEL_SDK_DISABLED
     trace_store = true           # a span per store call too
     log_format = "json"
 

@@ -190,14 +190,15 @@ def add_trace_ids(_logger: Any, _method: str, event_dict: Any) -> Any:
 
 _RECORD_ATTRS = frozenset(
     logging.LogRecord("name", 0, "pathname", 0, "msg", (), None).__dict__
-) | {"message", "asctime", "taskName"}
+) | {"message", "asctime", "taskName", "color_message"}  # uvicorn: the message + ANSI codes
 
 
 def add_extra(_logger: Any, _method: str, event_dict: Any) -> Any:
     """structlog processor: a stdlib record's `extra={...}` fields.
 
     Like structlog's `ExtraAdder`, minus what other formatters attach to a shared record
-    (`message`, `asctime`) and private attributes.
+    (`message`, `asctime`), uvicorn's `color_message` (the message again, with ANSI colour
+    codes) and private attributes.
     """
     record = event_dict.get("_record")
     if record is not None:

@@ -30,6 +30,7 @@ Any other `trace.Tracer` (another SDK, `OTEL_SDK_DISABLED`) gets `ApiTracer`, th
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,6 +45,7 @@ from opentelemetry.sdk.trace import (
 )
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
+    SpanExporter,
     SpanExportResult,
 )
 from opentelemetry.trace import (
@@ -89,20 +91,56 @@ _MAX_TRACESTATE = 512
 
 # -- the provider ---------------------------------------------------------------------------------
 
-def build_tracer_provider(service_name: str, version: str = "") -> TracerProvider:
-    """A provider exporting over OTLP/HTTP in batches, configured from `OTEL_*` env vars.
+def tracing_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """`OTEL_SDK_DISABLED=true`: the standard switch that turns the SDK (here: tracing) off."""
+    env = os.environ if environ is None else environ
+    return env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
 
-    The sampler comes from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: every
-    trace; `parentbased_traceidratio` with `0.1` keeps one in ten, and whatever the caller's
-    `traceparent` decided), the batching from `OTEL_BSP_*`.
+
+def build_tracer_provider(service_name: str, version: str = "") -> TracerProvider:
+    """A provider exporting in batches, configured from the standard `OTEL_*` variables.
+
+    - `OTEL_TRACES_EXPORTER`: a comma-separated list of `otlp` (the default: OTLP/HTTP, with
+      `OTEL_EXPORTER_OTLP_*`), `console` (spans as JSON on stdout) and `none`.
+    - `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, else
+      `service_name` (observability.service_name); the other resource attributes are added.
+    - the sampler from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default: every
+      trace; `parentbased_traceidratio` with `0.1` keeps one in ten, and whatever the caller's
+      `traceparent` decided), the batching from `OTEL_BSP_*`.
     """
+    env = os.environ
+    exporters = [name.strip().lower()
+                 for name in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if name.strip()]
+    unknown = sorted(set(exporters) - {"otlp", "console", "none"})
+    if unknown:
+        raise ConfigError(f"OTEL_TRACES_EXPORTER: unsupported exporter {', '.join(unknown)}",
+                          [("OTEL_TRACES_EXPORTER", "use otlp, console or none")])
+    # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME itself, but the
+    # attributes passed here would override them: pass service.name only as the fallback.
+    attributes: dict[str, str] = {}
+    if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get(
+            "OTEL_RESOURCE_ATTRIBUTES", ""):
+        attributes["service.name"] = service_name
+    if version:
+        attributes["service.version"] = version
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if "otlp" in exporters:
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter()))
+    if "console" in exporters:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    return provider
+
+
+def _otlp_exporter() -> SpanExporter:
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as StockExporter,
         )
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigError(
-            "tracing needs the OTLP exporter: pip install 'roost[observability]'",
+            "tracing needs the OTLP exporter: pip install opentelemetry-exporter-otlp-proto-http",
             [("observability.tracing", str(exc))],
         ) from exc
 
@@ -112,13 +150,7 @@ def build_tracer_provider(service_name: str, version: str = "") -> TracerProvide
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
             return export_with(self, spans, super().export)
 
-    attributes = {"service.name": service_name}
-    if version:
-        attributes["service.version"] = version
-    provider = TracerProvider(resource=Resource.create(attributes))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider
-
+    return OTLPSpanExporter()
 
 
 def extract(headers: Mapping[str, str]) -> Context:

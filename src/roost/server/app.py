@@ -15,9 +15,11 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.observability import Observability, ObservabilityMiddleware
@@ -25,7 +27,50 @@ from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.hotpath import HotPath
 from roost.server.limits import BodySizeLimit
-from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions, usage
+from roost.server.routes import (
+    admin,
+    agents,
+    artifacts,
+    docs,
+    health,
+    observe,
+    runs,
+    sessions,
+    usage,
+)
+from roost.server.schemas import Problem
+
+# Every error is problem+json (problems.py): documented once for every route.
+PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": Problem, "description": description,
+           "content": {problems.PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for code, description in (("4XX", "the request cannot be served as sent (RFC 9457 problem)"),
+                              ("5XX", "overloaded, unavailable or failed (RFC 9457 problem)"))
+}
+
+
+def _problems_only_as_problem_json(app: FastAPI) -> None:
+    """FastAPI documents a response `model` under the route's media type (application/json)
+    too; an error body is only ever problem+json."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema["paths"].values():
+                for operation in path.values():
+                    for code in PROBLEM_RESPONSES:
+                        content = operation.get("responses", {}).get(code, {}).get("content", {})
+                        content.pop("application/json", None)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def operation_id(route: APIRoute) -> str:
+    """`createTurn` for the function `create_turn`: readable names for generated clients."""
+    head, *rest = route.name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
 
 
 class RoostApp:
@@ -72,15 +117,19 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
 
     app = FastAPI(title="Roost", version="0.1.0", lifespan=lifespan,
                   default_response_class=ORJSONResponse,
-                  description="A production runtime for AI agents.")
+                  description="A production runtime for AI agents.",
+                  docs_url=None, redoc_url=None,  # routes/docs.py: the assets offline
+                  generate_unique_id_function=operation_id)
     app.state.runtime = runtime
     app.state.tenant_header = settings.server.tenant_header
     problems.install(app)
     for module in (health, agents, sessions, runs, artifacts, admin, usage):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=PROBLEM_RESPONSES)
+    app.include_router(docs.router)
+    _problems_only_as_problem_json(app)
     if observability is not None:
         app.state.observability = observability
-        app.include_router(observe.router)
+        app.include_router(observe.router, responses=PROBLEM_RESPONSES)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     if observability is not None:

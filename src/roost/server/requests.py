@@ -1,5 +1,6 @@
 """Request bodies parsed with orjson: strict JSON (no NaN/Infinity, no lone surrogates), and
-faster than the standard library on the hot path. Routers use `StrictJSONRoute`."""
+faster than the standard library on the hot path; a body that is not declared JSON is a 415.
+Routers use `StrictJSONRoute`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
+from roost.errors import UnsupportedMediaType
+
 
 class StrictJSONRequest(Request):
     async def json(self) -> Any:
@@ -21,11 +24,34 @@ class StrictJSONRequest(Request):
         return self._json
 
 
+# Routes the hot path answers in front of FastAPI (hotpath.py), with its own body parser that
+# still answers a non-JSON body with 422: their FastAPI twins must answer the same, so they
+# join the 415 when hotpath.parse_body does.
+HOT_PATH_TWINS = frozenset({"create_turn", "create_session"})
+
+
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None and self.name not in HOT_PATH_TWINS
 
         async def strict(request: Request) -> Response:
-            return await handler(StrictJSONRequest(request.scope, request.receive))
+            strict_request = StrictJSONRequest(request.scope, request.receive)
+            # The body is read once and kept on strict_request for the handler; an absent
+            # optional body needs no type.
+            if (takes_body and not is_json(request.headers.get("content-type"))
+                    and await strict_request.body()):
+                raise UnsupportedMediaType(
+                    "the body must be JSON: send Content-Type: application/json")
+            return await handler(strict_request)
 
         return strict
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json, or a +json type (application/merge-patch+json), any parameters."""
+    if not content_type:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))

@@ -26,7 +26,9 @@ class SessionPatch(_Body):
 class TurnCreate(_Body):
     input: str = Field(..., min_length=1, description="the user's message")
     stream: bool = False
-    timeout_s: float | None = Field(None, gt=0, le=86_400)
+    # At least a millisecond: a smaller one cannot be met (a schema fuzzer's 1e-300 was a 500).
+    timeout_s: float | None = Field(None, ge=0.001, le=86_400,
+                                    description="deadline of this turn in seconds")
     priority: Literal["interactive", "background"] = "interactive"
 
     @field_validator("input")
@@ -49,6 +51,31 @@ class EventOut(BaseModel):
     run_id: str | None
     data: dict[str, Any]
     ts: float
+
+
+class EventPage(BaseModel):
+    """A page of a session's event log; `next_after` is the `after` of the next page, or null
+    on the last one."""
+
+    items: list[EventOut]
+    next_after: int | None
+
+
+class ProblemError(BaseModel):
+    field: str | None = None
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem: every error response of the API, as `application/problem+json`."""
+
+    type: str = Field(..., examples=["urn:roost:problem:session_not_found"])
+    title: str = Field(..., examples=["Not Found"])
+    status: int = Field(..., examples=[404])
+    detail: str = Field(..., examples=["no session 'ses_0123'"])
+    field: str | None = Field(None, description="the offending field, for invalid input")
+    errors: list[ProblemError] | None = Field(None, description="each invalid field")
 
 
 class SessionOut(BaseModel):

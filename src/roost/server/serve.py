@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import time
 from types import FrameType
 
 import uvicorn
@@ -18,6 +21,7 @@ import uvicorn
 from roost.observability import Observability
 from roost.runtime.runtime import Runtime
 from roost.server.app import create_app
+from roost.server.notify import SystemdNotifier
 
 log = logging.getLogger("roost.server")
 
@@ -27,6 +31,21 @@ class RoostServer(uvicorn.Server):
         super().__init__(config)
         self.runtime = runtime
         self._drain_task: asyncio.Future[None] | None = None
+        self.systemd = SystemdNotifier.from_environment()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if sockets and self.started:
+            # uvicorn announces the address only when it binds the socket itself; the CLI
+            # binds first (a port in use must fail before the runtime starts).
+            host, port = sockets[0].getsockname()[:2]
+            log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port)
+        if self.started:  # the runtime is up and the socket accepts: Type=notify's READY
+            self.systemd.notify(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
+
+    async def on_tick(self, counter: int) -> bool:
+        self.systemd.tick(time.monotonic())
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_task is not None or not self.started:
@@ -35,6 +54,7 @@ class RoostServer(uvicorn.Server):
         log.info("received %s: draining (grace %.0f s)", signal.Signals(sig).name,
                  self.runtime.settings.server.shutdown_grace_s)
         self.runtime.draining = True
+        self.systemd.notify("STOPPING=1\nSTATUS=draining")
         loop = asyncio.get_event_loop()
         # A signal handler runs between bytecodes: schedule the drain, waking the loop.
         self._drain_task = loop.create_future()  # placeholder: marks "drain requested"
@@ -51,11 +71,13 @@ class RoostServer(uvicorn.Server):
 
 
 def serve(runtime: Runtime, observability: Observability | None = None, *, host: str, port: int,
-          log_level: str = "info") -> None:
+          log_level: str = "info", sock: socket.socket | None = None) -> None:
+    """Serve until SIGTERM. `sock`: a socket the caller already bound and listens on (so a
+    port in use fails before the runtime starts); otherwise uvicorn binds host:port."""
     # log_config=None: Roost's logging (structlog, JSON in production) owns the loggers;
     # the access log comes from the observability middleware.
     config = uvicorn.Config(create_app(runtime, observability), host=host, port=port,
                             loop="auto", http="auto", log_level=log_level, access_log=False,
                             log_config=None, timeout_graceful_shutdown=5, lifespan="on",
                             backlog=runtime.settings.server.backlog)
-    RoostServer(config, runtime).run()
+    RoostServer(config, runtime).run(sockets=[sock] if sock is not None else None)

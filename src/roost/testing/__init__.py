@@ -5,6 +5,8 @@
   embeddings) with fault injection (`FaultPlan`).
 - `LiveServer`: a real uvicorn serving a Runtime on a free port.
 
+The mock servers need aiohttp: `pip install 'roost[testing]'` (an ImportError says so).
+
 Imports are lazy so that `roost.testing.scripted` does not pull in aiohttp's server.
 """
 

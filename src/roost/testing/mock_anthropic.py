@@ -30,7 +30,12 @@ import re
 from typing import Any, ClassVar, Final
 
 import msgspec
-from aiohttp import web
+
+try:
+    from aiohttp import web
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("roost.testing's mock servers need aiohttp: "
+                      "pip install 'roost[testing]'") from exc
 
 from roost.testing.faults import FAULT_HEADER, FaultMode
 from roost.testing.mock_openai import arguments_for, pick_tool

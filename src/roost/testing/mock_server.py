@@ -29,7 +29,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Final, Self
 
 import msgspec
-from aiohttp import web, web_protocol
+
+try:
+    from aiohttp import web, web_protocol
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("roost.testing's mock servers need aiohttp: "
+                      "pip install 'roost[testing]'") from exc
 
 from roost.testing.faults import FaultInjector, FaultMode, FaultPlan
 

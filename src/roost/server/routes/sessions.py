@@ -10,7 +10,7 @@ from roost.errors import InvalidInput, PreconditionFailed, VersionConflict
 from roost.runtime.runtime import Runtime
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
-from roost.server.schemas import EventOut, SessionCreate, SessionOut, SessionPage, SessionPatch
+from roost.server.schemas import EventPage, SessionCreate, SessionOut, SessionPage, SessionPatch
 
 router = APIRouter(tags=["sessions"], route_class=StrictJSONRoute)
 
@@ -48,10 +48,22 @@ async def list_sessions(request: Request, agent: str | None = None, user_id: str
     return json_response(page)
 
 
-@router.get("/v1/sessions/{session_id}", response_model=SessionOut)
-async def get_session(session_id: str, request: Request) -> Response:
+@router.get("/v1/sessions/{session_id}", response_model=SessionOut,
+            responses={304: {"description": "If-None-Match names the current version"}})
+async def get_session(session_id: str, request: Request,
+                      if_none_match: str | None = Header(None)) -> Response:
+    """The session; its `ETag` is its version, so `If-None-Match` polls cheaply (304)."""
     session = await runtime_of(request).get_session(tenant_of(request), session_id)
-    return json_response(session, headers={"ETag": f'"{session.version}"'})
+    etag = f'"{session.version}"'
+    if if_none_match is not None and _matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    return json_response(session, headers={"ETag": etag})
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 weak comparison: `*`, or any listed tag equal once `W/` is dropped."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 @router.patch("/v1/sessions/{session_id}", response_model=SessionOut)
@@ -81,7 +93,7 @@ async def delete_session(session_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/v1/sessions/{session_id}/events", response_model=dict[str, list[EventOut]])
+@router.get("/v1/sessions/{session_id}/events", response_model=EventPage)
 async def list_events(session_id: str, request: Request,
                       after: int = Query(0, ge=0, le=2**63 - 1),
                       limit: int = Query(100, ge=1, le=1000)) -> Response:
