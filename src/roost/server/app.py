@@ -21,6 +21,7 @@ from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.observability import Observability, ObservabilityMiddleware
+from roost.protocols.openai_api import OpenAIRoutes
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.hotpath import HotPath
@@ -82,6 +83,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
         app.state.observability = observability
         app.include_router(observe.router)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
+    # The OpenAI-compatible API: plain ASGI like the turn route, over the same runtime.
+    entry = OpenAIRoutes(entry, runtime=runtime, tenant_header=settings.server.tenant_header)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
