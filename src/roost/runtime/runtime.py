@@ -102,6 +102,7 @@ class Runtime:
         await self.store.open()
         await self.artifacts.open()
         self.shared = self.store.backend in SHARED_BACKENDS
+        await self.agents.start_toolsets()  # MCP servers &c.: their tools join the agents'
         for hosted in self.agents.values():
             if hosted.state == "created":
                 self.agents.set_state(hosted, "running")
@@ -139,6 +140,7 @@ class Runtime:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.agents.close_toolsets()
         await self.models.aclose()
         await self.artifacts.close()
         await self.store.close()
