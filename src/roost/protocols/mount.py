@@ -40,6 +40,12 @@ class Protocols:
             entry = MCPRoute(entry, server)
         else:
             log.info("/mcp is off: pip install 'roost[mcp]' to serve agents over MCP")
+        if importlib.util.find_spec("a2a") is not None:
+            from roost.protocols.a2a import A2ARoutes
+
+            entry = A2ARoutes(entry, self.runtime, self.tenant_header)
+        else:
+            log.info("A2A is off: pip install 'roost[a2a]' to serve agents over A2A")
         return entry
 
     @contextlib.asynccontextmanager
