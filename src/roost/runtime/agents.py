@@ -156,10 +156,14 @@ class AgentTable(Mapping[str, HostedAgent]):
         hosted.tools, hosted.tool_specs = tools, specs
 
     async def close_toolsets(self) -> None:
-        toolsets, self._toolsets = self._toolsets, []
-        for toolset in toolsets:
+        """Close the toolsets, and the tools that hold a connection (`close()`: A2A)."""
+        closable: list[object] = list(self._toolsets)
+        self._toolsets = []
+        for hosted in self._agents.values():
+            closable.extend(t for t in hosted.agent.function_tools() if hasattr(t, "close"))
+        for item in closable:
             try:
-                await close_toolset(toolset)
+                await close_toolset(item)
             except Exception:  # one toolset's failure does not keep the others open
                 log.exception("closing a toolset failed")
 

@@ -29,7 +29,7 @@ async def start_toolset(toolset: Toolset) -> None:
         await start()
 
 
-async def close_toolset(toolset: Toolset) -> None:
+async def close_toolset(toolset: object) -> None:
     close = getattr(toolset, "close", None)
     if close is not None:
         await close()
