@@ -19,12 +19,13 @@ from mcp.server.mcpserver.exceptions import ToolError
 from roost import Agent, Runtime, Settings
 from roost.testing.live import free_port
 from roost.testing.scripted import ScriptedModel, call
+from roost.tools.base import ToolContext
 from roost.tools.mcp import Backoff, MCPToolset
 
 pytestmark = pytest.mark.timeout(60)
 
 TIME_SERVER = shutil.which("mcp-server-time") or str(Path(sys.executable).parent / "mcp-server-time")
-CRASHY = Path(__file__).parent / "mcp_crashy_server.py"
+STDIO_SERVER = Path(__file__).parent / "mcp_stdio_server.py"
 
 
 def tool_results(events: list[object]) -> list[dict[str, object]]:
@@ -177,7 +178,7 @@ async def test_cancelling_a_run_cancels_the_mcp_call(http_server: HTTPServer,
 
 # -- a server that crashes ----------------------------------------------------------------------
 async def test_a_crashed_stdio_server_is_restarted_and_never_fails_the_runtime() -> None:
-    toolset = MCPToolset.stdio(sys.executable, str(CRASHY), name="crashy",
+    toolset = MCPToolset.stdio(sys.executable, str(STDIO_SERVER), name="crashy",
                                backoff=Backoff(first_s=0.05, max_s=0.2))
     model = ScriptedModel([call("crash"), "first", call("echo", text="hi"), "second"])
     runtime = Runtime(Settings(store={"url": "memory://"}),
@@ -198,5 +199,30 @@ async def test_a_crashed_stdio_server_is_restarted_and_never_fails_the_runtime()
         assert toolset.connections == 2
         second = tool_results(await run_turn(runtime, "crashy"))[0]
         assert str(second["content"]).startswith("echo: hi")
+    finally:
+        await runtime.close()
+
+
+async def test_tools_are_listed_again_on_list_changed() -> None:
+    toolset = MCPToolset.stdio(sys.executable, str(STDIO_SERVER), name="stdio", prefix="s")
+    runtime = Runtime(Settings(store={"url": "memory://"}),
+                      [Agent(name="growing", model=ScriptedModel(["x"]), tools=[toolset])])
+    await runtime.start()
+    try:
+        assert "s_extra" not in runtime.hosted("growing").tools
+        listed = asyncio.Event()
+
+        async def on_change() -> None:
+            listed.set()
+
+        toolset.subscribe(on_change)
+        grow = runtime.hosted("growing").tools["s_grow"]
+        ctx = ToolContext(run_id="r", session_id="s", tenant="default", agent="growing",
+                          call_id="c")
+        assert await grow.call("{}", ctx) == "grown"
+        async with asyncio.timeout(10):
+            await listed.wait()
+        assert "s_extra" in runtime.hosted("growing").tools
+        assert "s_extra" in {s.name for s in runtime.hosted("growing").tool_specs}
     finally:
         await runtime.close()
