@@ -282,6 +282,7 @@ class A2ARoutes:
             await self.app(scope, receive, send)
             return
         if path.endswith(CARD) and scope["method"] == "GET":
+            scope["route"] = _ROOT_CARD if path == CARD else _AGENT_CARD
             name = path[len(PREFIX):-len(CARD)] if path != CARD else next(iter(self.runtime.agents), "")
             if name not in self.runtime.agents:
                 await JSONResponse({"error": f"no agent named {name!r}"}, 404)(scope, receive, send)
@@ -294,6 +295,17 @@ class A2ARoutes:
             await JSONResponse({"error": f"no agent named {name!r}"}, 404)(scope, receive, send)
             return
         await self.rpc(scope, receive, send)
+
+
+class _Route:
+    """What `scope["route"]` holds for a card: the template observability labels it by."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+_ROOT_CARD = _Route(CARD)
+_AGENT_CARD = _Route(PREFIX + "{agent}" + CARD)
 
 
 def _base_url(scope: Scope) -> str:
