@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.errors import Conflict, InvalidInput, NotFound, RoostError, RunNotFound
 from roost.protocols.conversation import answer_deltas
-from roost.protocols.wire import JSONResponse
+from roost.protocols.wire import JSONResponse, tenant_of
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.sessions.records import DEFAULT_TENANT, RunRecord
 
@@ -120,15 +120,11 @@ def _a2a_error(exc: RoostError) -> Exception:
 class RoostRequestHandler(RequestHandler):
     """A2A requests onto the runtime; the agent comes from the endpoint's path."""
 
-    def __init__(self, runtime: Runtime, tenant_header: str | None) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.tenant_header = tenant_header.lower() if tenant_header else None
 
     def _tenant(self, context: ServerCallContext) -> str:
-        headers = context.state.get("headers") or {}
-        if self.tenant_header and headers.get(self.tenant_header):
-            return str(headers[self.tenant_header])
-        return DEFAULT_TENANT
+        return str(context.state.get("tenant") or DEFAULT_TENANT)
 
     async def _submit(self, params: pb.SendMessageRequest, context: ServerCallContext,
                       *, stream: bool) -> RunHandle:
@@ -260,9 +256,16 @@ class RoostRequestHandler(RequestHandler):
 
 
 class _AgentContext(DefaultServerCallContextBuilder):
+    """The agent (from the path) and the tenant (as the native routes decide it)."""
+
+    def __init__(self, tenant_header: str | None) -> None:
+        self.tenant_header = tenant_header.lower().encode("latin-1") if tenant_header else None
+
     def build(self, request: Request) -> ServerCallContext:
         context = super().build(request)
         context.state["agent"] = request.path_params["agent"]
+        context.state["tenant"] = tenant_of(request.scope, dict(request.scope["headers"]),
+                                            self.tenant_header)
         return context
 
 
@@ -272,9 +275,9 @@ class A2ARoutes:
     def __init__(self, app: ASGIApp, runtime: Runtime, tenant_header: str | None) -> None:
         self.app = app
         self.runtime = runtime
-        handler = RoostRequestHandler(runtime, tenant_header)
-        self.rpc = Router(routes=create_jsonrpc_routes(handler, "/a2a/{agent}",
-                                                        context_builder=_AgentContext()))
+        handler = RoostRequestHandler(runtime)
+        self.rpc = Router(routes=create_jsonrpc_routes(
+            handler, "/a2a/{agent}", context_builder=_AgentContext(tenant_header)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")

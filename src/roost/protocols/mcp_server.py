@@ -26,6 +26,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.errors import RoostError
+from roost.protocols.wire import tenant_of
 from roost.runtime.runtime import Runtime
 from roost.sessions.records import DEFAULT_TENANT
 
@@ -80,11 +81,10 @@ class AgentsMCPServer:
 
     def _tenant(self, ctx: Any) -> str:
         request = getattr(ctx, "request", None)
-        if self.tenant_header and request is not None:
-            value = request.headers.get(self.tenant_header)
-            if value:
-                return str(value)
-        return DEFAULT_TENANT
+        if request is None:
+            return DEFAULT_TENANT
+        header = self.tenant_header.encode("latin-1") if self.tenant_header else None
+        return tenant_of(request.scope, dict(request.scope["headers"]), header)
 
     async def _list_tools(self, ctx: Any, params: Any) -> mcp_types.ListToolsResult:
         tools = []

@@ -42,12 +42,26 @@ class Request(msgspec.Struct):
     body: bytes
 
 
+#: where the auth edge (roost.auth.edge.AuthEdge) leaves the request's principal
+PRINCIPAL = "roost.principal"
+
+
+def tenant_of(scope: Scope, headers: dict[bytes, bytes], tenant_header: bytes | None) -> str:
+    """The request's tenant: its principal's when the auth edge decided it (the tenant
+    header included), else the configured trusted header, else `default` — as the native
+    routes decide it (`server/hotpath.py`)."""
+    principal = scope.get(PRINCIPAL)
+    if principal is not None:
+        return str(principal.tenant)
+    if tenant_header is not None and headers.get(tenant_header):
+        return headers[tenant_header].decode("latin-1")
+    return DEFAULT_TENANT
+
+
 async def read_request(scope: Scope, receive: Receive, tenant_header: bytes | None) -> Request | None:
     """The request's headers and whole body; None when the client left first."""
     headers = dict(scope["headers"])
-    tenant = DEFAULT_TENANT
-    if tenant_header is not None and headers.get(tenant_header):
-        tenant = headers[tenant_header].decode("latin-1")
+    tenant = tenant_of(scope, headers, tenant_header)
     chunks = []
     while True:
         message = await receive()
