@@ -161,3 +161,22 @@ def test_busy_session_is_409_and_tenant_quota_429(tmp_path: Path) -> None:
         assert int(limited.value.response.headers["retry-after"]) >= 1
         hold.release()
         assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_overload_is_503_with_retry_after(tmp_path: Path) -> None:
+    hold = Hold()
+    busy = Agent(name="busy", model=ScriptedModel([call("hold"), "done"]), tools=[hold.tool])
+    limits = {"max_running": 1, "max_queued": 0}
+    with serve(tmp_path, busy, admission=limits) as live, httpx.stream(
+            "POST", f"{live.url}/v1/chat/completions",
+            json={"model": "busy", "stream": True,
+                  "messages": [{"role": "user", "content": "a"}]}) as first:
+        hold.entered.wait_sync()
+        with pytest.raises(openai.InternalServerError) as overloaded:
+            client_for(live).chat.completions.create(
+                model="busy", messages=[{"role": "user", "content": "b"}])
+        assert overloaded.value.status_code == 503
+        assert overloaded.value.code == "server_overloaded"
+        assert int(overloaded.value.response.headers["retry-after"]) >= 1
+        hold.release()
+        assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"

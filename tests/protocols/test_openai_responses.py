@@ -68,3 +68,6 @@ def test_errors(server: LiveServer) -> None:
         client.responses.create(model="echo", input="x", instructions="be nice")
     with pytest.raises(openai.InternalServerError):
         client.responses.create(model="failing", input="x")
+    events = list(client.responses.create(model="failing", input="x", stream=True))
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.status == "failed"  # type: ignore[union-attr]
