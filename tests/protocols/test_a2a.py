@@ -105,3 +105,20 @@ async def test_unknown_context_is_an_error(server: LiveServer) -> None:
             await final_task(client, message("x", "ses_missing"))
     finally:
         await client.close()
+
+
+def test_v0_3_method_names(server: LiveServer) -> None:
+    """Clients of A2A 0.3 (`message/send`, `message/stream`, `tasks/get`) are answered too."""
+    send = {"jsonrpc": "2.0", "id": 1, "method": "message/send", "params": {"message": {
+        "kind": "message", "messageId": "m1", "role": "user",
+        "parts": [{"kind": "text", "text": "hello"}]}}}
+    task = httpx.post(f"{server.url}/a2a/echo", json=send).json()["result"]
+    assert task["kind"] == "task" and task["status"]["state"] == "completed"
+    assert task["artifacts"][0]["parts"][0]["text"] == "you said: hello (1 messages)"
+    got = httpx.post(f"{server.url}/a2a/echo", json={
+        "jsonrpc": "2.0", "id": 2, "method": "tasks/get", "params": {"id": task["id"]}}).json()
+    assert got["result"]["id"] == task["id"]
+    with httpx.stream("POST", f"{server.url}/a2a/echo",
+                      json={**send, "method": "message/stream"}) as stream:
+        frames = [line for line in stream.iter_lines() if line.startswith("data: ")]
+    assert '"state":"completed"' in frames[-1]

@@ -277,7 +277,8 @@ class A2ARoutes:
         self.runtime = runtime
         handler = RoostRequestHandler(runtime)
         self.rpc = Router(routes=create_jsonrpc_routes(
-            handler, "/a2a/{agent}", context_builder=_AgentContext(tenant_header)))
+            handler, "/a2a/{agent}", context_builder=_AgentContext(tenant_header),
+            enable_v0_3_compat=True))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
