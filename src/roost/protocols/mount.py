@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -67,7 +68,9 @@ class Protocols:
                 ready.set()
                 await self._stopping.wait()
 
-        task = asyncio.get_running_loop().create_task(serve(), name="roost-mcp-server")
+        # A context of its own: not the first request's (its request id, its trace span).
+        task = asyncio.get_running_loop().create_task(serve(), name="roost-mcp-server",
+                                                      context=contextvars.Context())
         self._tasks.append(task)
         waiter = asyncio.ensure_future(ready.wait())
         await asyncio.wait((waiter, task), return_when=asyncio.FIRST_COMPLETED)
