@@ -180,3 +180,19 @@ def test_overload_is_503_with_retry_after(tmp_path: Path) -> None:
         assert int(overloaded.value.response.headers["retry-after"]) >= 1
         hold.release()
         assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+
+
+def test_a_streaming_client_that_leaves_cancels_its_run(tmp_path: Path) -> None:
+    hold = Hold()
+    busy = Agent(name="busy", model=ScriptedModel([call("hold"), "done"]), tools=[hold.tool])
+    with serve(tmp_path, busy) as live:
+        with httpx.stream("POST", f"{live.url}/v1/chat/completions",
+                          json={"model": "busy", "stream": True,
+                                "messages": [{"role": "user", "content": "a"}]}) as first:
+            run_id = first.headers["x-run-id"]
+            hold.entered.wait_sync()
+        hold.cancelled.wait_sync()  # the agent's on_disconnect = "cancel" reached the tool
+        # The run's own stream ends with its terminal event.
+        with httpx.stream("GET", f"{live.url}/v1/runs/{run_id}/events") as events:
+            kinds = [line for line in events.iter_lines() if line.startswith("event: ")]
+        assert kinds[-1] == "event: run.cancelled"
