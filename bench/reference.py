@@ -58,8 +58,12 @@ def wait_for(url: str, timeout: float = 20.0) -> None:
 
 
 async def client(base: str, http: aiohttp.ClientSession, sessions: asyncio.Queue[int],
-                 turns: int, latencies: list[float], errors: list[str]) -> None:
+                 turns: int, latencies: list[float], errors: list[str],
+                 route: str = "native") -> None:
     questions = ["What's the weather in Paris?", "And in Tokyo?", "How about New York?"]
+    if route.startswith("openai"):
+        await openai_client(base, http, sessions, turns, latencies, errors, route, questions)
+        return
     while True:
         try:
             sessions.get_nowait()
@@ -85,7 +89,43 @@ async def client(base: str, http: aiohttp.ClientSession, sessions: asyncio.Queue
             latencies.append(time.perf_counter() - started)
 
 
-async def load(base: str, concurrency: int, sessions: int, turns: int) -> tuple[list[float], list[str], float]:
+async def openai_client(base: str, http: aiohttp.ClientSession, sessions: asyncio.Queue[int],
+                        turns: int, latencies: list[float], errors: list[str], route: str,
+                        questions: list[str]) -> None:
+    """The same conversations through `/v1/chat/completions`: `openai` creates the session
+    as the native route does and continues it with `X-Roost-Session-Id`; `openai-stateless`
+    sends the whole history every turn (a fresh, seeded session per request)."""
+    while True:
+        try:
+            sessions.get_nowait()
+        except asyncio.QueueEmpty:
+            return
+        headers = {}
+        if route == "openai":
+            async with http.post(f"{base}/v1/agents/weather/sessions", json={}) as response:
+                if response.status != 201:
+                    errors.append(f"create {response.status}")
+                    continue
+                headers["X-Roost-Session-Id"] = (await response.json())["id"]
+        messages: list[dict[str, str]] = []
+        for turn in range(turns):
+            question = {"role": "user", "content": questions[turn % 3]}
+            body = {"model": "weather",
+                    "messages": [*messages, question] if route == "openai-stateless" else [question]}
+            started = time.perf_counter()
+            async with http.post(f"{base}/v1/chat/completions", json=body,
+                                 headers=headers) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    errors.append(f"turn {response.status}: {raw[:200]!r}")
+                    continue
+                answer = json.loads(raw)["choices"][0]["message"]
+            latencies.append(time.perf_counter() - started)
+            messages += [question, {"role": "assistant", "content": answer["content"]}]
+
+
+async def load(base: str, concurrency: int, sessions: int, turns: int,
+               route: str = "native") -> tuple[list[float], list[str], float]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(sessions):
         queue.put_nowait(i)
@@ -94,7 +134,7 @@ async def load(base: str, concurrency: int, sessions: int, turns: int) -> tuple[
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=connector) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(client(base, http, queue, turns, latencies, errors)
+        await asyncio.gather(*(client(base, http, queue, turns, latencies, errors, route)
                                for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return latencies, errors, elapsed
@@ -117,6 +157,11 @@ def main() -> None:
     parser.add_argument("--observability", choices=["off", "on", "full"], default="on",
                         help="off: no metrics/logs/traces; on: defaults (metrics, JSON access "
                              "and run logs); full: on + tracing exported over OTLP")
+    parser.add_argument("--route", choices=["native", "openai", "openai-stateless"],
+                        default="native",
+                        help="native: POST /v1/sessions/{id}/turns; openai: "
+                             "/v1/chat/completions continuing the session by header; "
+                             "openai-stateless: the whole history every turn")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
 
@@ -168,13 +213,13 @@ model = "mock"
         base = f"http://127.0.0.1:{server_port}"
         if shutil.which("taskset"):  # the load generator shares core 1 with the mock
             os.sched_setaffinity(0, {1})
-        asyncio.run(load(base, args.concurrency, args.warmup_sessions, args.turns))
+        asyncio.run(load(base, args.concurrency, args.warmup_sessions, args.turns, args.route))
         process = psutil.Process(server.pid)
         if profile:  # measure the Python child, not py-spy
             process = next(p for p in process.children(recursive=True) if "python" in p.name())
         before = process.cpu_times()
         latencies, errors, elapsed = asyncio.run(load(base, args.concurrency, args.sessions,
-                                                      args.turns))
+                                                      args.turns, args.route))
         after = process.cpu_times()
         rss = process.memory_info().rss
     finally:
@@ -194,6 +239,7 @@ model = "mock"
     floor = 2 * args.latency_ms / 1000
     result = {
         "store": store.split("://")[0],
+        "route": args.route,
         "observability": args.observability,
         "turns": turns,
         "errors": len(errors),

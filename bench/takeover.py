@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,10 +111,8 @@ def one_round(folder: Path, config: str, runs: int, tool_s: float) -> list[float
 
 
 def _post_quietly(url: str, text: str) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # its instance was killed under it
         httpx.post(url, json={"input": text}, timeout=120)
-    except httpx.HTTPError:
-        pass  # its instance was killed under it
 
 
 def main() -> None:

@@ -164,6 +164,7 @@ class AgentOverride(_Section):
     model: str | None = None
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
+    mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
 
 
 class Settings(BaseSettings):
@@ -181,6 +182,9 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)
+    # MCP servers agents can use (`mcp_servers = [...]` per agent): command/args/env/cwd or
+    # url/headers, and prefix, timeout_s (see roost.tools.mcp.MCPToolset).
+    mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Python files or modules to load agents from (CLI arguments add to these).
     load: list[str] = Field(default_factory=list)
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())

@@ -14,6 +14,7 @@ change and carries it to the other instances of a fleet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from roost.config import Settings
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
-from roost.tools.base import Tool
+from roost.tools.base import Tool, Toolset
+from roost.tools.toolset import (
+    close_toolset,
+    resolve_tools,
+    start_toolset,
+    subscribe,
+    toolsets_of,
+)
 
 log = logging.getLogger("roost.runtime")
 
@@ -60,6 +68,8 @@ class AgentTable(Mapping[str, HostedAgent]):
         self.settings = settings
         self.models = models
         self._agents: dict[str, HostedAgent] = {}
+        self._mcp_servers: dict[str, Toolset] = {}  # [mcp_servers.NAME], shared by agents
+        self._toolsets: list[Toolset] = []  # started by start_toolsets, closed by close
         self.max_timeout = 120.0  # the longest run timeout of any agent
 
     def __getitem__(self, name: str) -> HostedAgent:
@@ -99,10 +109,63 @@ class AgentTable(Mapping[str, HostedAgent]):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
+        tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
         return Agent(name=agent.name, model=override.model or agent.model,
-                     instructions=agent.instructions, tools=agent.tools,
+                     instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
                      model_settings=agent.model_settings)
+
+    def _mcp_server(self, name: str) -> Toolset:
+        known = self._mcp_servers.get(name)
+        if known is not None:
+            return known
+        table = self.settings.mcp_servers.get(name)
+        if table is None:
+            raise ConfigError(f"no [mcp_servers.{name}] in the configuration",
+                              [(f"mcp_servers.{name}", "missing")])
+        from roost.tools.mcp import MCPToolset  # the `mcp` extra, only when configured
+
+        toolset = MCPToolset.from_config(name, dict(table))
+        self._mcp_servers[name] = toolset
+        return toolset
+
+    async def start_toolsets(self) -> None:
+        """Start every agent's toolsets (once each: MCP servers are shared) and add their
+        tools to the agents' tool tables; a toolset's change (`tools/list_changed`)
+        rebuilds the tables of the agents that use it."""
+        for hosted in self._agents.values():
+            toolsets = toolsets_of(hosted.agent.tools)
+            if not toolsets:
+                continue
+            for toolset in toolsets:
+                if not any(toolset is t for t in self._toolsets):
+                    self._toolsets.append(toolset)
+                    await start_toolset(toolset)
+            await self._resolve(hosted, toolsets)
+            for toolset in toolsets:
+                subscribe(toolset, functools.partial(self._resolve, hosted, toolsets))
+
+    async def _resolve(self, hosted: HostedAgent, toolsets: list[Toolset]) -> None:
+        try:
+            tools, specs = await resolve_tools(hosted.name, hosted.agent.function_tools(),
+                                               toolsets)
+        except ConfigError as exc:
+            log.error("%s; keeping the agent's previous tools", exc.message)
+            return
+        # Replaced, not mutated: a run in flight keeps the table it started with.
+        hosted.tools, hosted.tool_specs = tools, specs
+
+    async def close_toolsets(self) -> None:
+        """Close the toolsets, and the tools that hold a connection (`close()`: A2A)."""
+        closable: list[object] = list(self._toolsets)
+        self._toolsets = []
+        for hosted in self._agents.values():
+            closable.extend(t for t in hosted.agent.function_tools() if hasattr(t, "close"))
+        for item in closable:
+            try:
+                await close_toolset(item)
+            except Exception:  # one toolset's failure does not keep the others open
+                log.exception("closing a toolset failed")
 
     def hosted(self, name: str) -> HostedAgent:
         hosted = self._agents.get(name)

@@ -113,6 +113,7 @@ class Runtime:
         await self.artifacts.open()
         self.shared = self.store.backend in SHARED_BACKENDS
         await self.bus.open()
+        await self.agents.start_toolsets()  # MCP servers &c.: their tools join the agents'
         for hosted in self.agents.values():
             if hosted.state == "created":
                 self.agents.set_state(hosted, "running")
@@ -155,6 +156,7 @@ class Runtime:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.agents.close_toolsets()
         await self.models.aclose()
         await self.bus.close()
         await self.artifacts.close()

@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.observability import Observability, ObservabilityMiddleware
+from roost.protocols.mount import Protocols
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.hotpath import HotPath
@@ -90,6 +91,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     request middleware, `/metrics`, and `/v1/admin/profile`."""
     settings = runtime.settings
 
+    protocols = Protocols(runtime)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if observability is not None:
@@ -108,7 +111,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
             # 310 ms; with (20000, 20, 100), 0.33 s and no full collection.
             gc.set_threshold(*settings.server.gc_thresholds)
         try:
-            yield
+            async with protocols.lifespan():
+                yield
         finally:
             await runtime.drain()
             await runtime.close()
@@ -131,6 +135,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
         app.state.observability = observability
         app.include_router(observe.router, responses=PROBLEM_RESPONSES)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
+    # OpenAI-compatible API, MCP and A2A: plain ASGI like the turn route, same runtime.
+    entry = protocols.wrap(entry)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
