@@ -99,6 +99,9 @@ def test_runs_of_a_killed_instance_are_taken_over_and_tools_run_once_per_key(
                    for r in run_ids)
 
     wait_for(all_ended, timeout=30, what="the runs taken over to complete")
+    fleet_stats = httpx.get(f"{b.url}/v1/admin/stats").json()["fleet"]
+    assert fleet_stats["runs_taken_over"] == len(run_ids)
+    assert fleet_stats["shared"] and fleet_stats["runs_unsettled"] == 0
     for session, run_id in zip(sessions, run_ids, strict=True):
         events = httpx.get(f"{b.url}/v1/sessions/{session}/events",
                            params={"limit": 1000}).json()["items"]

@@ -405,6 +405,25 @@ class Runtime:
                 log.warning("artifact sweep failed: %s", exc)
         return count
 
+    def fleet_statistics(self) -> dict[str, Any]:
+        """This instance in its fleet: who it is, what it owns, what it took over."""
+        bus = self.bus.statistics()
+        return {
+            "instance_id": self.instance_id,
+            "store": self.store.backend,
+            "shared": self.shared,
+            "runs_owned": len(self.runs),
+            "sessions_leased": self.leases.held(),
+            "runs_taken_over": self.recovery.takeovers,
+            "runs_unsettled": self.recovery.unsettled(),
+            "lease_renewals": self.leases.renewals,
+            "lease_renewal_failures": self.leases.renewal_failures,
+            "bus": {"backend": self.bus.backend, "published": bus.published,
+                    "dropped": bus.dropped, "delivered": bus.delivered,
+                    "reconnects": bus.reconnects},
+            "control_commands": self.control.received,
+        }
+
     def statistics(self) -> dict[str, Any]:
         return {
             "instance_id": self.instance_id,

@@ -42,5 +42,6 @@ async def stats(request: Request) -> Response:
         "sessions_busy": len(runtime.lanes),
         "cache": asdict(runtime.cache.statistics()),
         "agents": {name: hosted.state for name, hosted in runtime.agents.items()},
+        "fleet": runtime.fleet_statistics(),
     }
     return json_response(body)
