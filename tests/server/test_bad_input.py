@@ -74,7 +74,7 @@ CASES = [
          json={"input": "hi", "timeout_s": "soon"}),
     Case("turn-priority-unknown", "POST", TURNS, 422, "invalid_input", "priority",
          json={"input": "hi", "priority": "urgent"}),
-    Case("turn-not-json-content-type", "POST", TURNS, 422, "invalid_input", "body",
+    Case("turn-not-json-content-type", "POST", TURNS, 415, "unsupported_media_type", None,
          content=raw('{"input": "hi"}'), headers={"Content-Type": "text/plain"}),
     Case("turn-body-over-limit", "POST", TURNS, 413, "payload_too_large", "body",
          json={"input": "x" * MAX_BODY}),

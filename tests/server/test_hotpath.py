@@ -186,8 +186,8 @@ async def test_content_type_that_is_not_json(clients: Any, case: dict[str, Any])
     for client in (fast, routed):
         session = (await client.post("/v1/agents/echo/sessions", json={})).json()
         response = await _turn(client, session["id"], case)
-        assert response.status_code == 422
-        assert response.json()["field"] == "body"
+        assert response.status_code == 415
+        assert response.json()["type"].endswith("unsupported_media_type")
     session = (await fast.post("/v1/agents/echo/sessions", json={})).json()
     detail = (await _turn(fast, session["id"], case)).json()["detail"]
     assert "Content-Type" in detail

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from roost.errors import RoostError
+from roost.errors import RoostError, UnsupportedMediaType
 from roost.runtime.runtime import Runtime
 from roost.server import problems, turns
 from roost.server.routes.sessions import created_session
@@ -39,8 +39,6 @@ M = TypeVar("M", bound=BaseModel)
 _TURN = re.compile(r"/v1/sessions/([^/]+)/turns")
 _SESSIONS = re.compile(r"/v1/agents/([^/]+)/sessions")
 _EMPTY_BODY = [{"loc": ("body",), "msg": "Field required", "type": "missing"}]
-_NOT_JSON = [{"loc": ("body",), "type": "content_type",
-              "msg": "the body must be JSON (Content-Type: application/json)"}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +161,8 @@ def parse_body(body: bytes, content_type: bytes | None, model: type[M], *,
     if not body:
         return absent if absent is not None else problems.invalid_body(_EMPTY_BODY)
     if content_type is None or not _is_json(content_type):
-        return problems.invalid_body(_NOT_JSON)
+        return problems.roost_error_response(UnsupportedMediaType(
+            "the body must be JSON: send Content-Type: application/json"))
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

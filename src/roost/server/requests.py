@@ -24,16 +24,10 @@ class StrictJSONRequest(Request):
         return self._json
 
 
-# Routes the hot path answers in front of FastAPI (hotpath.py), with its own body parser that
-# still answers a non-JSON body with 422: their FastAPI twins must answer the same, so they
-# join the 415 when hotpath.parse_body does.
-HOT_PATH_TWINS = frozenset({"create_turn", "create_session"})
-
-
 class StrictJSONRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        takes_body = self.body_field is not None and self.name not in HOT_PATH_TWINS
+        takes_body = self.body_field is not None
 
         async def strict(request: Request) -> Response:
             strict_request = StrictJSONRequest(request.scope, request.receive)
