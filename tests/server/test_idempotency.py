@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from roost import Runtime, Settings
 from roost.testing.live import LiveServer
-from tests.server.conftest import assert_problem
+from tests.server.conftest import assert_problem, example_agents
 
 
 @pytest.fixture
@@ -81,3 +83,18 @@ def test_a_repeated_session_creation_returns_the_same_session(http: httpx.Client
                       headers={"Idempotency-Key": "s-1"})
     assert_problem(other, 422, field="Idempotency-Key")
     assert http.post("/v1/agents/weather/sessions", json=body).json()["id"] != first.json()["id"]
+
+
+def test_a_turn_on_a_session_deleted_by_another_process_is_404(tmp_path: Path) -> None:
+    """Two processes share one SQLite file; the session is cached by one and deleted
+    through the other: the next turn on the first is a 404, as for any unknown session."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    with LiveServer(Runtime(Settings(store={"url": url}), example_agents())) as one, \
+            LiveServer(Runtime(Settings(store={"url": url}), example_agents())) as other, \
+            httpx.Client(timeout=30) as http:
+        session = http.post(f"{one.url}/v1/agents/weather/sessions", json={}).json()["id"]
+        turns = f"{one.url}/v1/sessions/{session}/turns"
+        assert http.post(turns, json={"input": "hi"}).status_code == 200
+        assert http.delete(f"{other.url}/v1/sessions/{session}").status_code == 204
+        assert_problem(http.post(turns, json={"input": "hi again"}), 404, "session_not_found")
+        assert_problem(http.post(turns, json={"input": "and again"}), 404, "session_not_found")

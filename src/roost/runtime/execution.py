@@ -65,8 +65,11 @@ class Executor:
         handle.run.lease_expires_at = now() + rt.leases.ttl
         try:
             await Runner(ctx).run()
-            if (handle.run.error or {}).get("type") == "store_unavailable":
+            error = (handle.run.error or {}).get("type")
+            if error == "store_unavailable":
                 rt.store_failed()
+            elif error == "session_not_found":  # deleted elsewhere: forget the cached copy
+                rt.sessions.discard(live.tenant, live.id)
         finally:
             conversation = ctx.messages[1:] if hosted.system else ctx.messages
             handle.conversation = conversation

@@ -11,7 +11,7 @@ import asyncio
 from starlette.responses import Response
 from starlette.types import Receive
 
-from roost.errors import Conflict, RunNotFound, StoreUnavailable
+from roost.errors import Conflict, RunNotFound, SessionNotFound, StoreUnavailable
 from roost.runtime.idempotency import Replay
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.server.respond import json_response, turn_body
@@ -39,6 +39,9 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     # not cancel its run.
     run = await _wait_or_disconnect(runtime, handle, receive,
                                     keep_on_disconnect=idempotency_key is not None)
+    if (run.error or {}).get("type") == "session_not_found":
+        # Deleted by another process before the run could write: nothing of it is stored.
+        raise SessionNotFound(f"no session {session_id!r}", session_id=session_id)
     if (run.error or {}).get("type") == "store_unavailable":
         # The run could not be recorded: say so as the outage it is, not as a run result.
         raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
