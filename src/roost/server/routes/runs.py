@@ -15,9 +15,26 @@ from roost.sessions.records import TERMINAL_STATUSES
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 
+# The SSE body as OpenAPI can say it: frames of `id: <seq>` (persisted events), `event:
+# <type>`, `data: <JSON event>`, and `: heartbeat` comments; the stream ends after the run's
+# end event (run.completed, run.failed, run.cancelled or run.interrupted).
+_SSE_EXAMPLE = (
+    "id: 1\nevent: run.started\ndata: {\"seq\": 1, \"type\": \"run.started\", "
+    "\"run_id\": \"run_…\", \"data\": {\"input\": \"Weather in Paris?\"}, \"ts\": 1.7e9}\n\n"
+    "event: message.delta\ndata: {\"seq\": 0, \"type\": \"message.delta\", \"run_id\": "
+    "\"run_…\", \"data\": {\"text\": \"It is \"}, \"ts\": 1.7e9}\n\n"
+    ": heartbeat\n\n"
+    "id: 6\nevent: run.completed\ndata: {\"seq\": 6, \"type\": \"run.completed\", "
+    "\"run_id\": \"run_…\", \"data\": {\"output\": \"It is 21 °C.\"}, \"ts\": 1.7e9}\n\n")
+SSE_RESPONSE = {"content": {"text/event-stream": {
+    "schema": {"type": "string", "description": "server-sent events, one per run event"},
+    "example": _SSE_EXAMPLE}},
+    "headers": {"X-Run-Id": {"schema": {"type": "string"}, "description": "the run's id"},
+                "Location": {"schema": {"type": "string"}, "description": "/v1/runs/{id}"}}}
+
 
 @router.post("/v1/sessions/{session_id}/turns", response_model=TurnOut,
-             responses={200: {"content": {"text/event-stream": {}}}})
+             responses={200: SSE_RESPONSE})
 async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Response:
     """Run one turn. JSON by default; SSE with `"stream": true` or `Accept: text/event-stream`.
 
@@ -33,7 +50,7 @@ async def get_run(run_id: str, request: Request) -> Response:
     return json_response(await runtime_of(request).get_run(tenant_of(request), run_id))
 
 
-@router.get("/v1/runs/{run_id}/events", responses={200: {"content": {"text/event-stream": {}}}})
+@router.get("/v1/runs/{run_id}/events", responses={200: SSE_RESPONSE})
 async def follow_run(run_id: str, request: Request) -> Response:
     """SSE of a run: persisted events after `Last-Event-ID` (a session seq), then the live tail."""
     runtime = runtime_of(request)
