@@ -1,4 +1,4 @@
-"""The `roost` command: serve · run · chat · sessions · config · migrate."""
+"""The `roost` command: serve · run · chat · sessions · keys · config · migrate."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from roost.auth.cli import keys_app
 from roost.config import Settings, load_settings
 from roost.errors import ConfigError, RoostError
 
@@ -24,6 +25,7 @@ sessions_app = typer.Typer(help="Inspect and delete stored sessions.", no_args_i
 config_app = typer.Typer(help="Check configuration.", no_args_is_help=True)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 errors = Console(stderr=True)
@@ -76,6 +78,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Serve agents over HTTP (the bundled examples when no PATH is given)."""
+    from roost.auth.bind import check_bind
     from roost.server.assemble import assemble
     from roost.server.serve import serve as run_server
 
@@ -84,6 +87,8 @@ def serve(
         settings.observability.log_level = log_level  # type: ignore[assignment]  # validated below
     agents = _agents(settings, paths or [])
     try:
+        check_bind(settings.server.host, auth_enabled=settings.auth.enabled,
+                   insecure=settings.auth.insecure)
         runtime, observability = assemble(settings, agents)
     except ConfigError as exc:
         _print_config_errors(exc)

@@ -1,13 +1,14 @@
 """The application uvicorn serves: the turn hot path, then the FastAPI app (routes,
 problem+json errors, the runtime's lifespan: start on start-up; drain and close on shutdown).
 
-    observability ─▶ body limit ─▶ HotPath ─▶ FastAPI (error middleware, routing, routes)
+    observability ─▶ body limit ─▶ AuthEdge ─▶ HotPath ─▶ FastAPI (error middleware, routes)
 
 Turns are most of the traffic, and under overload so are their refusals, so they (and the
 creation of sessions) are answered in front of FastAPI: its own middleware (error pages,
 telemetry, body limit) wraps every request and every `send` of a response, an SSE stream's
 frames included. What they must have -- the access log, metrics and spans, the body limit,
-problem+json for every error -- is in the three plain-ASGI layers they pass.
+problem+json for every error, the principal and its permission -- is in the plain-ASGI
+layers they pass.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from fastapi import FastAPI
 from fastapi.responses import ORJSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from roost.auth import routes as auth_routes
+from roost.auth.chain import Auth
+from roost.auth.edge import AuthEdge
+from roost.auth.permissions import check_routes
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
 from roost.server import problems
@@ -40,15 +45,20 @@ class RoostApp:
         await self._entry(scope, receive, send)
 
 
-def create_app(runtime: Runtime, observability: Observability | None = None) -> RoostApp:
+def create_app(runtime: Runtime, observability: Observability | None = None, *,
+               auth: Auth | None = None) -> RoostApp:
     """The HTTP app for `runtime`. With `observability` (see `roost.server.assemble`): the
-    request middleware, `/metrics`, and `/v1/admin/profile`."""
+    request middleware, `/metrics`, and `/v1/admin/profile`. `auth` defaults to what
+    `settings.auth` describes (keys in the configured store)."""
     settings = runtime.settings
+    if auth is None:
+        auth = Auth.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if observability is not None:
             await observability.start()
+        await auth.start()
         await runtime.start()
         # Everything allocated so far (modules, app, agents) lives for the whole process:
         # freezing it keeps full collections short (measured: 42 ms pauses under load,
@@ -67,6 +77,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
         finally:
             await runtime.drain()
             await runtime.close()
+            await auth.close()
             if observability is not None:
                 await observability.shutdown()
 
@@ -75,13 +86,18 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
                   description="A production runtime for AI agents.")
     app.state.runtime = runtime
     app.state.tenant_header = settings.server.tenant_header
+    app.state.auth = auth
     problems.install(app)
-    for module in (health, agents, sessions, runs, artifacts, admin, usage):
+    for module in (health, agents, sessions, runs, artifacts, admin, auth_routes, usage):
         app.include_router(module.router)
     if observability is not None:
         app.state.observability = observability
         app.include_router(observe.router)
+    # Every route must say who may call it (roost.auth.permissions.ROUTES).
+    check_routes((method, getattr(route, "path", "")) for route in app.routes
+                 for method in getattr(route, "methods", None) or ())
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
+    entry = AuthEdge(entry, auth, runtime)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.

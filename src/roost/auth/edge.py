@@ -1,0 +1,178 @@
+"""Authentication and authorization at the ASGI edge, in front of the hot paths and FastAPI.
+
+    observability ─▶ body limit ─▶ AuthEdge ─▶ HotPath ─▶ FastAPI
+
+For every HTTP request, in this order:
+1. find the route in the permission table (`permissions.py`); `public` routes pass as is;
+2. the principal: with auth off, the anonymous admin; else the token from
+   `Authorization: Bearer …` or `X-API-Key` through the chain (`chain.py`) — none or a bad
+   one → 401 problem+json with `WWW-Authenticate`;
+3. the tenant: the principal's; `server.tenant_header` may name another only for admins or
+   requests from `auth.trusted_proxies` (anyone else naming a different tenant → 403);
+4. the role must hold the route's permission → else 403;
+5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs) whose user_id
+   is theirs — anything else answers 404, like another tenant's object;
+6. `scope["roost.principal"]` carries the result to the routes (`tenant_of`, `principal_of`).
+
+State-changing calls and refusals go to the audit log (`audit.py`). The cost on a cached
+API key is a header scan, one sha256 and two dict lookups (see docs in the issue note).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from roost.auth import audit
+from roost.auth.chain import Auth
+from roost.auth.permissions import RouteTable, allowed
+from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
+from roost.errors import RoostError, RunNotFound, SessionNotFound
+from roost.server import problems
+from roost.server.problems import problem
+
+if TYPE_CHECKING:
+    from roost.runtime.runtime import Runtime
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="roost"'}
+
+
+class AuthEdge:
+    def __init__(self, app: ASGIApp, auth: Auth, runtime: Runtime | None = None,
+                 table: RouteTable | None = None) -> None:
+        self.app = app
+        self.auth = auth
+        self.runtime = runtime
+        self.table = table or RouteTable()
+        self.user_scoped = auth.config.user_scoped
+        self.audit = auth.config.audit == "log"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        match = self.table.match(method, path)
+        if match is not None and match[1] == "public":
+            await self.app(scope, receive, send)
+            return
+        template, permission, target = match or (path, None, None)
+        action = f"{method} {template}"
+        token = header_value = None
+        tenant_header = self.auth.tenant_header
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = credentials.strip().decode("latin-1")
+            elif name == b"x-api-key":
+                token = value.strip().decode("latin-1")
+            elif name == tenant_header and value:
+                header_value = value.decode("latin-1")
+        principal: Principal | None
+        if not self.auth.enabled:
+            principal = ANONYMOUS
+        elif token:
+            principal = await self.auth.authenticate(token)
+            if principal is None:
+                return await self._refuse(scope, receive, send, 401, "unauthenticated",
+                                          "the credentials are not valid", action, None, target)
+        else:
+            return await self._refuse(scope, receive, send, 401, "unauthenticated",
+                                      "this route needs credentials: Authorization: Bearer <key> "
+                                      "or X-API-Key", action, None, target)
+        if header_value is not None and header_value != principal.tenant:
+            if principal.is_admin or self.auth.trusted_proxy(scope.get("client")):
+                principal = principal.in_tenant(header_value)
+            else:
+                return await self._refuse(scope, receive, send, 403, "forbidden",
+                                          "only admins and trusted proxies may name the tenant",
+                                          action, principal, target)
+        if permission is not None and not allowed(principal.role, permission):
+            return await self._refuse(scope, receive, send, 403, "forbidden",
+                                      f"the {principal.role} role may not {action}",
+                                      action, principal, target)
+        if self.user_scoped and principal.role == "user":
+            hidden = await self._user_scope(scope, template, target, principal)
+            if hidden is not None:
+                if self.audit:
+                    audit.record(action=action, outcome="refused", status=404,
+                                 principal=principal, tenant=principal.tenant, target=target,
+                                 request_id=scope.get("roost.request_id"),
+                                 client=_client(scope), reason="user_scoped")
+                await problems.error_response(hidden, method, path)(scope, receive, send)
+                return
+        scope[PRINCIPAL] = principal
+        if not self.audit or method not in audit.STATE_CHANGING:
+            await self.app(scope, receive, send)
+            return
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            outcome = "ok" if 0 < status < 400 else "failed"
+            audit.record(action=action, outcome=outcome, status=status or 500,
+                         principal=principal, tenant=principal.tenant, target=target,
+                         request_id=scope.get("roost.request_id"), client=_client(scope))
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
+                      detail: str, action: str, principal: Principal | None,
+                      target: str | None) -> None:
+        if self.audit:
+            audit.record(action=action, outcome="refused", status=status, principal=principal,
+                         tenant=principal.tenant if principal else None, target=target,
+                         request_id=scope.get("roost.request_id"), client=_client(scope),
+                         reason=kind)
+        response = problem(status, kind, detail, headers=_CHALLENGE if status == 401 else None)
+        await response(scope, receive, send)
+
+    async def _user_scope(self, scope: Scope, template: str, target: str | None,
+                          principal: Principal) -> RoostError | None:
+        """The not-found error to answer when a user-scoped principal must not see the
+        target: the very one an unknown id gets, so nothing tells the two apart."""
+        runtime = self.runtime
+        if runtime is None:
+            return None
+        if template == "/v1/sessions" and scope["method"] in ("GET", "HEAD"):
+            # The listing is filtered to the caller's own sessions.
+            query = [(k, v) for k, v in parse_qsl(scope["query_string"].decode("latin-1"),
+                                                  keep_blank_values=True) if k != "user_id"]
+            query.append(("user_id", principal.user_id or ""))
+            scope["query_string"] = urlencode(query).encode("latin-1")
+            return None
+        if target is None:
+            return None
+        try:
+            if template.startswith("/v1/runs/"):
+                session_id = (await runtime.get_run(principal.tenant, target)).session_id
+                hidden: RoostError = RunNotFound(f"run {target} not found", run_id=target)
+            elif template.startswith("/v1/sessions/"):
+                session_id = target
+                hidden = SessionNotFound(f"session {target} not found", session_id=target)
+            else:
+                return None
+            session = await runtime.get_session(principal.tenant, session_id)
+        except RoostError:
+            return None  # the route answers it (404 for an unknown id) as it would anyway
+        return None if session.user_id == principal.user_id else hidden
+
+
+def principal_of(scope: Any) -> Principal:
+    """The request's principal (the anonymous admin where no `AuthEdge` ran)."""
+    principal: Principal | None = scope.get(PRINCIPAL)
+    return ANONYMOUS if principal is None else principal
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return client[0] if client else None
