@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from roost.auth.keys import KeyStore, MemoryKeyStore, open_key_store
+from roost import Agent, Runtime, Settings
+from roost.auth.chain import Auth
+from roost.auth.keys import KeyStore, MemoryKeyStore, new_key, open_key_store
+from roost.server.app import create_app
+from roost.testing import ScriptedModel
 from tests.conftest import POSTGRES_URL, REDIS_URL, require_service
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis"]
@@ -64,3 +71,61 @@ async def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     finally:
         await store.close()
         await drop(request.param, settings)
+
+
+# -- an app with auth on ---------------------------------------------------------------------
+ROLES = ("admin", "operator", "user", "viewer")
+
+
+@dataclass
+class Secured:
+    """An app with auth on, keys for every role in tenants `acme` and `globex`, and a
+    client; `as_(role, tenant)` gives the headers of that key."""
+
+    client: httpx.AsyncClient
+    runtime: Runtime
+    auth: Auth
+    tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def as_(self, role: str, tenant: str = "acme", **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[(role, tenant)]}", **extra}
+
+    async def add_key(self, tenant: str, role: str, *, user_id: str | None = None,
+                      name: str = "test") -> str:
+        key, token = new_key(tenant, role, name, user_id=user_id)  # type: ignore[arg-type]
+        await self.auth.keys.add(key)
+        return token
+
+
+def echo_agent() -> Agent:
+    return Agent(name="echo", model=ScriptedModel(["hi there"], repeat_last=True))
+
+
+@contextlib.asynccontextmanager
+async def secured_app(store: dict[str, Any], *, agents: list[Agent] | None = None,
+                      **auth: Any) -> AsyncIterator[Secured]:
+    settings = Settings.model_validate({
+        "store": store, "server": {"tenant_header": "X-Tenant", "shutdown_grace_s": 0},
+        "auth": {"enabled": True, **auth}})
+    runtime = Runtime(settings, agents or [echo_agent()])
+    gate = Auth.from_settings(settings)
+    await runtime.start()
+    await gate.start()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(runtime, auth=gate)),
+                               base_url="http://roost")
+    secured = Secured(client, runtime, gate)
+    try:
+        for tenant in ("acme", "globex"):
+            for role in ROLES:
+                secured.tokens[(role, tenant)] = await secured.add_key(tenant, role)
+        yield secured
+    finally:
+        await client.aclose()
+        await gate.close()
+        await runtime.close()
+
+
+@pytest.fixture
+async def secured() -> AsyncIterator[Secured]:
+    async with secured_app({"url": "memory://"}) as app:
+        yield app

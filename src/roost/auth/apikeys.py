@@ -110,11 +110,13 @@ class ApiKeyAuthenticator:
         """Write last-used times every `last_used_flush_s` until cancelled."""
         while True:
             await asyncio.sleep(self.config.last_used_flush_s)
-            try:
-                await self.flush_last_used()
-            except Exception:  # a store outage: the times are best effort, try next round
-                log.warning("could not record API keys' last use",
-                                                        exc_info=True)
+            await self.flush_quietly()
+
+    async def flush_quietly(self) -> None:
+        try:
+            await self.flush_last_used()
+        except Exception:  # a store outage: the times are best effort, lost at worst
+            log.warning("could not record API keys' last use", exc_info=True)
 
     def statistics(self) -> ApiKeyStatistics:
         s = self._stats

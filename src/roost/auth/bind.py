@@ -25,4 +25,7 @@ def check_bind(host: str, *, auth_enabled: bool, insecure: bool) -> None:
         "act as any tenant. Enable auth (auth.enabled = true, then `roost keys create`), "
         "bind 127.0.0.1, or set auth.insecure = true if something in front of Roost "
         "authenticates every request",
-        [("auth.enabled", f"required to bind the non-loopback address {host}")])
+        [("auth.enabled", f"refusing to serve the non-loopback address {host} without "
+                          "authentication: set auth.enabled = true (and create keys with "
+                          "`roost keys create`), bind 127.0.0.1, or set auth.insecure = true "
+                          "when a proxy in front authenticates every request")])

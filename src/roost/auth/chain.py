@@ -63,17 +63,20 @@ class Auth:
                                                 name="roost-auth-last-used")
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            flusher, self._flusher = self._flusher, None
-            flusher.cancel()
-            try:
-                await flusher
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # we are being cancelled ourselves, not just our flusher
-            await self.api_keys.flush_last_used()
-        await self.keys.close()
+        """Stop the flusher, write the last-used times it had not written, close the store."""
+        flusher, self._flusher = self._flusher, None
+        try:
+            if flusher is not None:
+                flusher.cancel()
+                try:
+                    await flusher
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # we are being cancelled ourselves, not just our flusher
+                await self.api_keys.flush_quietly()
+        finally:
+            await self.keys.close()
 
     async def authenticate(self, token: str) -> Principal | None:
         if token.startswith(PREFIX):
