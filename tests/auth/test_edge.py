@@ -208,6 +208,18 @@ async def test_user_scoped_users_see_only_their_sessions() -> None:
         assert (await app.client.get(f"/v1/runs/{run_id}", headers=as_ada)).status_code == 404
         assert (await app.client.get(f"/v1/runs/{run_id}", headers={"X-API-Key": bob})
                 ).status_code == 200
+        # A user creates sessions for themselves only.
+        r = await app.client.post("/v1/agents/echo/sessions", headers=as_ada)
+        assert r.status_code == 201 and r.json()["user_id"] == "ada"
+        r = await app.client.post("/v1/agents/echo/sessions", json={"state": {"a": 1}},
+                                  headers=as_ada)
+        assert r.status_code == 201 and r.json()["user_id"] == "ada"
+        r = await app.client.post("/v1/agents/echo/sessions", json={"user_id": "bob"},
+                                  headers=as_ada)
+        assert r.status_code == 403
+        r = await app.client.post("/v1/agents/echo/sessions", content=b"{nope",
+                                  headers={**as_ada, **JSON})
+        assert r.status_code == 400
         # An operator sees every session of the tenant.
         assert (await app.client.get(f"/v1/sessions/{theirs}", headers=app.as_("operator"))
                 ).status_code == 200

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost.auth import audit
@@ -96,6 +97,12 @@ class AuthEdge:
                                       f"the {principal.role} role may not {action}",
                                       action, principal, target)
         if self.user_scoped and principal.role == "user":
+            if template == "/v1/agents/{name}/sessions" and method == "POST":
+                receive = await self._own_session(scope, receive, principal)
+                if receive is None:
+                    return await self._refuse(scope, _nothing, send, 403, "forbidden",
+                                              "a user creates sessions only for themselves",
+                                              action, principal, target)
             hidden = await self._user_scope(scope, template, target, principal)
             if hidden is not None:
                 if self.audit:
@@ -136,6 +143,45 @@ class AuthEdge:
         response = problem(status, kind, detail, headers=_CHALLENGE if status == 401 else None)
         await response(scope, receive, send)
 
+    async def _own_session(self, scope: Scope, receive: Receive,
+                           principal: Principal) -> Receive | None:
+        """The request body with `user_id` set to the caller's (None: it named someone
+        else). A body that is not a JSON object passes as is, for the route to refuse."""
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            if data.get("user_id") not in (None, principal.user_id):
+                return None
+            data["user_id"] = principal.user_id
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+            if not body:  # no body at all: now a JSON one
+                headers = [(k, v) for k, v in headers if k != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
+            body = orjson.dumps(data)
+            headers.append((b"content-length", b"%d" % len(body)))
+            scope["headers"] = headers
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
     async def _user_scope(self, scope: Scope, template: str, target: str | None,
                           principal: Principal) -> RoostError | None:
         """The not-found error to answer when a user-scoped principal must not see the
@@ -165,6 +211,10 @@ class AuthEdge:
         except RoostError:
             return None  # the route answers it (404 for an unknown id) as it would anyway
         return None if session.user_id == principal.user_id else hidden
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def principal_of(scope: Any) -> Principal:
