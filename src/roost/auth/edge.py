@@ -98,11 +98,12 @@ class AuthEdge:
                                       action, principal, target)
         if self.user_scoped and principal.role == "user":
             if template == "/v1/agents/{name}/sessions" and method == "POST":
-                receive = await self._own_session(scope, receive, principal)
-                if receive is None:
+                replay = await self._own_session(scope, receive, principal)
+                if replay is None:
                     return await self._refuse(scope, _nothing, send, 403, "forbidden",
                                               "a user creates sessions only for themselves",
                                               action, principal, target)
+                receive = replay
             hidden = await self._user_scope(scope, template, target, principal)
             if hidden is not None:
                 if self.audit:
