@@ -242,3 +242,21 @@ async def test_state_changes_and_refusals_are_audited(
     ]
     assert records[0].principal.startswith("api_key:")  # type: ignore[attr-defined]
     assert records[0].role == "operator"  # type: ignore[attr-defined]
+
+
+async def test_a_flood_of_refusals_is_audited_at_a_capped_rate(
+        secured: Secured, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.auth import audit
+
+    caplog.set_level(logging.INFO, logger="roost.audit")
+    monkeypatch.setattr(audit, "_refusals", audit._RefusalBudget(3))
+    window = [100.0]
+    monkeypatch.setattr(audit.time, "monotonic", lambda: window[0])
+    for _ in range(10):
+        assert (await secured.client.get("/v1/sessions")).status_code == 401
+    assert len([r for r in caplog.records if r.name == "roost.audit"]) == 3
+    window[0] = 101.0
+    await secured.client.get("/v1/sessions")
+    records = [r for r in caplog.records if r.name == "roost.audit"]
+    assert len(records) == 4 and records[-1].suppressed == 7  # type: ignore[attr-defined]

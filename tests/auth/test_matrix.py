@@ -77,6 +77,17 @@ async def test_every_route_times_every_role(app: tuple[httpx.AsyncClient, dict[s
     assert checked >= 4 * 20
 
 
+async def test_openapi_declares_the_security_schemes(
+        app: tuple[httpx.AsyncClient, dict[str, str]]) -> None:
+    client, _ = app
+    spec = (await client.get("/openapi.json")).json()
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    turn = spec["paths"]["/v1/sessions/{session_id}/turns"]["post"]
+    assert turn["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert "sessions:write" in turn["description"]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
+
+
 def test_an_app_with_an_undeclared_route_does_not_build() -> None:
     with pytest.raises(RuntimeError, match="GET /v1/secret"):
         check_routes([("GET", "/v1/agents"), ("GET", "/v1/secret"), ("HEAD", "/v1/x")])

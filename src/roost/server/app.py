@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from roost.auth import routes as auth_routes
 from roost.auth.chain import Auth
 from roost.auth.edge import AuthEdge
+from roost.auth.openapi import declare_security
 from roost.auth.permissions import check_routes
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.runtime.runtime import Runtime
@@ -96,6 +97,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     # Every route must say who may call it (roost.auth.permissions.ROUTES).
     check_routes((method, getattr(route, "path", "")) for route in app.routes
                  for method in getattr(route, "methods", None) or ())
+    declare_security(app)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
     entry = AuthEdge(entry, auth, runtime)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
