@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from roost.auth.config import AuthConfig
 from roost.errors import ConfigError
 from roost.observability.config import ObservabilityConfig
+from roost.server.transport import TransportConfig
 
 
 class _Section(BaseModel):
@@ -174,6 +175,7 @@ class Settings(BaseSettings):
     load: list[str] = Field(default_factory=list)
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
     auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    transport: TransportConfig = Field(default_factory=lambda: TransportConfig())
 
     @classmethod
     def settings_customise_sources(

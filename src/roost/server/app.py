@@ -32,6 +32,7 @@ from roost.server import problems
 from roost.server.hotpath import HotPath
 from roost.server.limits import BodySizeLimit
 from roost.server.routes import admin, agents, artifacts, health, observe, runs, sessions, usage
+from roost.server.transport import harden
 
 
 class RoostApp:
@@ -101,6 +102,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
     entry = AuthEdge(entry, auth, runtime)
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
+    entry = harden(entry, settings.transport)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
         entry = ObservabilityMiddleware(entry, observability=observability)
