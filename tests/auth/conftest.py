@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from roost import Agent, Runtime, Settings
+from roost.auth.auditlog import AuditStore, MemoryAuditStore, open_audit_store
 from roost.auth.chain import Auth
 from roost.auth.keys import KeyStore, MemoryKeyStore, new_key, open_key_store
 from roost.server.app import create_app
@@ -65,6 +66,19 @@ async def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     settings = store_settings(request.param, tmp_path)
     store = (MemoryKeyStore() if request.param == "memory"
              else open_key_store(settings["url"], **settings.get("options", {})))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+        await drop(request.param, settings)
+
+
+@pytest.fixture(params=BACKENDS)
+async def audit_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AuditStore]:
+    settings = store_settings(request.param, tmp_path)
+    store = (MemoryAuditStore() if request.param == "memory"
+             else open_audit_store(settings["url"], **settings.get("options", {})))
     await store.open()
     try:
         yield store

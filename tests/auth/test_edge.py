@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from roost.auth import apikeys
 from tests.auth.conftest import Secured
 
 JSON = {"Content-Type": "application/json"}
@@ -153,7 +152,7 @@ async def test_an_expired_key_is_refused(secured: Secured) -> None:
 
 
 async def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(
-        secured: Secured, monkeypatch: pytest.MonkeyPatch) -> None:
+        secured: Secured) -> None:
     token = secured.tokens[("operator", "acme")]
     headers = {"X-API-Key": token}
     assert (await secured.client.get("/v1/sessions", headers=headers)).status_code == 200
@@ -164,7 +163,7 @@ async def test_revocation_elsewhere_takes_effect_within_the_cache_ttl(
     # ... until its entry is older than cache_ttl_s.
     ttl = secured.auth.config.api_keys.cache_ttl_s
     later = time.monotonic() + ttl + 0.001
-    monkeypatch.setattr(apikeys.time, "monotonic", lambda: later)
+    secured.auth.api_keys.clock = lambda: later
     assert (await secured.client.get("/v1/sessions", headers=headers)).status_code == 401
 
 
@@ -250,9 +249,9 @@ async def test_a_flood_of_refusals_is_audited_at_a_capped_rate(
     from roost.auth import audit
 
     caplog.set_level(logging.INFO, logger="roost.audit")
-    monkeypatch.setattr(audit, "_refusals", audit._RefusalBudget(3))
     window = [100.0]
-    monkeypatch.setattr(audit.time, "monotonic", lambda: window[0])
+    monkeypatch.setattr(audit, "_refusals", audit._RefusalBudget(3, clock=lambda: window[0]))
+    secured.auth.audit.store = None  # the log only
     for _ in range(10):
         assert (await secured.client.get("/v1/sessions")).status_code == 401
     assert len([r for r in caplog.records if r.name == "roost.audit"]) == 3
@@ -260,3 +259,24 @@ async def test_a_flood_of_refusals_is_audited_at_a_capped_rate(
     await secured.client.get("/v1/sessions")
     records = [r for r in caplog.records if r.name == "roost.audit"]
     assert len(records) == 4 and records[-1].suppressed == 7  # type: ignore[attr-defined]
+
+
+async def test_the_audit_trail_is_kept_and_scoped(secured: Secured) -> None:
+    await _session(secured, "operator", "acme")
+    await _session(secured, "user", "globex")
+    await secured.client.get("/v1/sessions", headers={"X-API-Key": "rk_bad"})
+    await secured.client.post("/v1/agents/echo/pause", headers=secured.as_("operator"))
+    await secured.auth.audit.flush()  # what the background flush does every audit_flush_s
+    mine = (await secured.client.get("/v1/admin/audit",
+                                     headers=secured.as_("operator"))).json()["items"]
+    assert [(r["action"], r["outcome"], r["tenant"]) for r in mine] == [
+        ("POST /v1/agents/{name}/pause", "refused", "acme"),
+        ("POST /v1/agents/{name}/sessions", "ok", "acme")]
+    everything = (await secured.client.get("/v1/admin/audit?limit=10",
+                                           headers=secured.as_("admin"))).json()["items"]
+    assert [r["tenant"] for r in everything] == ["acme", None, "globex", "acme"]
+    theirs = (await secured.client.get("/v1/admin/audit?tenant=globex",
+                                       headers=secured.as_("operator"))).json()["items"]
+    assert {r["tenant"] for r in theirs} == {"acme"}  # an operator's filter is their tenant
+    assert (await secured.client.get("/v1/admin/audit", headers=secured.as_("user"))
+            ).status_code == 403

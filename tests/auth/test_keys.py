@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from roost.auth.auditlog import AuditRecord, AuditStore
 from roost.auth.keys import (
     ApiKey,
     KeyStore,
@@ -61,3 +62,21 @@ async def test_memory_store_is_a_key_store() -> None:
     store: KeyStore = MemoryKeyStore()
     await store.open()
     await store.close()
+
+
+# -- the audit store contract -------------------------------------------------------------
+async def test_audit_store_contract(audit_store: AuditStore) -> None:
+    records = [AuditRecord(at=100.0 + i, action="POST /v1/x", outcome="ok", status=200,
+                           tenant=("acme", "globex", None)[i % 3], principal="api_key:k",
+                           role="admin", target=f"t{i}", request_id=f"r{i}")
+               for i in range(9)]
+    await audit_store.append(records[:5])
+    await audit_store.append(records[5:])
+    await audit_store.append([])
+    newest = await audit_store.query(limit=3)
+    assert [r.target for r in newest] == ["t8", "t7", "t6"]
+    acme = await audit_store.query("acme")
+    assert [r.target for r in acme] == ["t6", "t3", "t0"] and acme[0] == records[6]
+    assert [r.target for r in await audit_store.query(since=103.0, until=105.0)] == ["t4", "t3"]
+    assert await audit_store.purge(104.0) == 4
+    assert [r.target for r in await audit_store.query("globex")] == ["t7", "t4"]

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from roost.auth import apikeys
 from tests.auth.conftest import drop, secured_app, store_settings
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
 async def test_revoked_through_one_instance_refused_by_another(
-        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        kind: str, tmp_path: Path) -> None:
     settings = store_settings(kind, tmp_path)
     shared = {"url": settings["url"], "options": {k: v for k, v in settings.get("options", {}).items()
                                                   if k in ("schema", "prefix")}}
@@ -31,7 +30,7 @@ async def test_revoked_through_one_instance_refused_by_another(
             assert (await two.client.get("/v1/sessions", headers=headers)).status_code == 200
             ttl = two.auth.config.api_keys.cache_ttl_s
             later = time.monotonic() + ttl + 0.001
-            monkeypatch.setattr(apikeys.time, "monotonic", lambda: later)
+            two.auth.api_keys.clock = lambda: later
             # ... and not a moment longer.
             assert (await two.client.get("/v1/sessions", headers=headers)).status_code == 401
             listed = (await two.client.get("/v1/admin/keys", headers=two.as_("admin"))).json()

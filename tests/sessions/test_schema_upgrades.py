@@ -127,7 +127,8 @@ async def test_postgres_0002_upgrades_a_0001_schema_once(
 
     assert await migrate(POSTGRES_URL, schema=schema) == ["0002_runs_model_and_usage_index",
                                                           "0003_run_ownership",
-                                                          "0004_api_keys"]
+                                                          "0004_api_keys",
+                                                          "0005_audit_log"]
     assert await migrate(POSTGRES_URL, schema=schema) == []
     indexes = {r[0] for r in await db.fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'runs'", schema)}

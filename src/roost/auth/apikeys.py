@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -42,9 +43,11 @@ class ApiKeyAuthenticator:
     """`await authenticate(token)` → the key's principal, or None when it is not a valid,
     unrevoked, unexpired key."""
 
-    def __init__(self, store: KeyStore, config: ApiKeysConfig) -> None:
+    def __init__(self, store: KeyStore, config: ApiKeysConfig, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.config = config
+        self.clock = clock  # the cache's time (tests move it)
         self._granted: dict[str, tuple[Principal, float, float | None]] = {}
         self._refused: dict[str, float] = {}
         self._used: dict[str, float] = {}
@@ -56,7 +59,7 @@ class ApiKeyAuthenticator:
         if entry is None:
             return None
         principal, until, expires_at = entry
-        now = time.monotonic()
+        now = self.clock()
         if now >= until:
             return None
         wall = time.time()
@@ -72,7 +75,7 @@ class ApiKeyAuthenticator:
         if principal is not None:
             return principal
         token_digest = digest(token)
-        now = time.monotonic()
+        now = self.clock()
         refused_until = self._refused.get(token_digest)
         if refused_until is not None and now < refused_until:
             self._stats.refused += 1
@@ -83,13 +86,13 @@ class ApiKeyAuthenticator:
         wall = time.time()
         if key is None or not matches(key, token_digest) or not key.usable(wall):
             _remember(self._refused, token_digest,
-                      time.monotonic() + self.config.negative_cache_ttl_s,
+                      self.clock() + self.config.negative_cache_ttl_s,
                       self.config.cache_max_entries)
             self._stats.refused += 1
             return None
         principal = key.principal()
         _remember(self._granted, token_digest,
-                  (principal, time.monotonic() + self.config.cache_ttl_s, key.expires_at),
+                  (principal, self.clock() + self.config.cache_ttl_s, key.expires_at),
                   self.config.cache_max_entries)
         self._used[key.id] = wall
         return principal

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 from roost.auth.apikeys import ApiKeyAuthenticator
+from roost.auth.audit import AuditTrail
+from roost.auth.auditlog import AuditStore, open_audit_store
 from roost.auth.config import AuthConfig
 from roost.auth.keys import PREFIX, KeyStore, open_key_store
 from roost.auth.principal import Principal
@@ -25,9 +28,13 @@ if TYPE_CHECKING:
 
 class Auth:
     def __init__(self, config: AuthConfig, keys: KeyStore,
-                 tenant_header: str | None = None) -> None:
+                 tenant_header: str | None = None, audit_store: AuditStore | None = None
+                 ) -> None:
         self.config = config
         self.keys = keys
+        self.audit = AuditTrail(audit_store, log_records=config.audit == "log",
+                                flush_s=config.audit_flush_s,
+                                retention_s=config.audit_retention_s)
         self.api_keys = ApiKeyAuthenticator(keys, config.api_keys)
         self.oidc: OIDCAuthenticator | None = None
         if config.oidc is not None:
@@ -42,15 +49,18 @@ class Auth:
                                           cache_max_entries=config.api_keys.cache_max_entries)
         self.tenant_header = tenant_header.lower().encode("latin-1") if tenant_header else None
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
-        self._flusher: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, keys: KeyStore | None = None) -> Auth:
         config = settings.auth
+        url = config.api_keys.url or settings.store.url
         if keys is None:
-            url = config.api_keys.url or settings.store.url
             keys = open_key_store(url, **settings.store.options)
-        return cls(config, keys, settings.server.tenant_header)
+        # With auth off everyone is the anonymous admin on loopback: the log is the trail.
+        audit = (open_audit_store(url, **settings.store.options)
+                 if config.enabled and config.audit_store else None)
+        return cls(config, keys, settings.server.tenant_header, audit)
 
     @property
     def enabled(self) -> bool:
@@ -59,24 +69,36 @@ class Auth:
     async def start(self) -> None:
         if self.enabled:
             await self.keys.open()
-            self._flusher = asyncio.create_task(self.api_keys.run_flusher(),
-                                                name="roost-auth-last-used")
+            self._tasks.append(asyncio.create_task(self.api_keys.run_flusher(),
+                                                   name="roost-auth-last-used"))
+        if self.audit.store is not None:
+            await self.audit.store.open()
+            self._tasks.append(asyncio.create_task(self.audit.run(), name="roost-audit"))
 
     async def close(self) -> None:
-        """Stop the flusher, write the last-used times it had not written, close the store."""
-        flusher, self._flusher = self._flusher, None
+        """Stop the flushers, write what they had not written, close the stores."""
+        tasks, self._tasks = self._tasks, []
         try:
-            if flusher is not None:
-                flusher.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 try:
-                    await flusher
+                    await task
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        raise  # we are being cancelled ourselves, not just our flusher
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # we are being cancelled ourselves, not just our tasks
+            if tasks:
                 await self.api_keys.flush_quietly()
+                try:
+                    await self.audit.flush()
+                except Exception:
+                    logging.getLogger("roost.auth").warning("could not write the audit trail",
+                                                            exc_info=True)
         finally:
             await self.keys.close()
+            if self.audit.store is not None:
+                await self.audit.store.close()
 
     async def authenticate(self, token: str) -> Principal | None:
         if token.startswith(PREFIX):

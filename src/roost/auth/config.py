@@ -71,4 +71,9 @@ class AuthConfig(_Section):
                                        "whose server.tenant_header is honoured")
     api_keys: ApiKeysConfig = Field(default_factory=lambda: ApiKeysConfig())
     oidc: OIDCConfig | None = None
-    audit: Literal["log", "off"] = "log"
+    audit: Literal["log", "off"] = Field("log", description="state-changing calls and "
+                                         "refusals on the roost.audit logger")
+    audit_store: bool = Field(True, description="also keep them in the store, for "
+                              "GET /v1/admin/audit")
+    audit_retention_s: float = Field(30 * 86400, gt=0)
+    audit_flush_s: float = Field(1.0, gt=0, description="records are written in batches")

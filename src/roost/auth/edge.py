@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from roost.auth import audit
+from roost.auth.audit import STATE_CHANGING
 from roost.auth.chain import Auth
 from roost.auth.permissions import RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
@@ -48,7 +48,7 @@ class AuthEdge:
         self.runtime = runtime
         self.table = table or RouteTable()
         self.user_scoped = auth.config.user_scoped
-        self.audit = auth.config.audit == "log"
+        self.trail = auth.audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,15 +106,15 @@ class AuthEdge:
                 receive = replay
             hidden = await self._user_scope(scope, template, target, principal)
             if hidden is not None:
-                if self.audit:
-                    audit.record(action=action, outcome="refused", status=404,
+                if self.trail.enabled:
+                    self.trail.record(action=action, outcome="refused", status=404,
                                  principal=principal, tenant=principal.tenant, target=target,
                                  request_id=scope.get("roost.request_id"),
                                  client=_client(scope), reason="user_scoped")
                 await problems.error_response(hidden, method, path)(scope, receive, send)
                 return
         scope[PRINCIPAL] = principal
-        if not self.audit or method not in audit.STATE_CHANGING:
+        if method not in STATE_CHANGING or not self.trail.enabled:
             await self.app(scope, receive, send)
             return
         status = 0
@@ -129,15 +129,15 @@ class AuthEdge:
             await self.app(scope, receive, send_status)
         finally:
             outcome = "ok" if 0 < status < 400 else "failed"
-            audit.record(action=action, outcome=outcome, status=status or 500,
+            self.trail.record(action=action, outcome=outcome, status=status or 500,
                          principal=principal, tenant=principal.tenant, target=target,
                          request_id=scope.get("roost.request_id"), client=_client(scope))
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                       detail: str, action: str, principal: Principal | None,
                       target: str | None) -> None:
-        if self.audit:
-            audit.record(action=action, outcome="refused", status=status, principal=principal,
+        if self.trail.enabled:
+            self.trail.record(action=action, outcome="refused", status=status, principal=principal,
                          tenant=principal.tenant if principal else None, target=target,
                          request_id=scope.get("roost.request_id"), client=_client(scope),
                          reason=kind)

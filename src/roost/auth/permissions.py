@@ -10,7 +10,7 @@ tenant, so another tenant's object answers 404 (it does not exist for this calle
 The model for agents: agents are defined by the deployment and shared by every tenant, so
 their lifecycle (pause, resume, stop) acts on every tenant at once and is `admin` only;
 any role may read them. Admin statistics are scoped: operators see their tenant's share
-(`stats:tenant`), admins everything; the rest of `/v1/admin/*`, `/metrics` and profiling are
+(`stats:tenant`) and audit trail (`audit:tenant`), admins everything; the rest of `/v1/admin/*`, `/metrics` and profiling are
 admin only.
 """
 
@@ -31,6 +31,7 @@ Permission = Literal[
     "usage:read",
     "stats:tenant",      # /v1/admin/stats, scoped to the caller's tenant unless admin
     "keys:admin",
+    "audit:tenant",      # /v1/admin/audit, scoped to the caller's tenant unless admin
     "admin",             # /metrics, profiling
 ]
 
@@ -38,9 +39,10 @@ GRANTS: dict[Role, frozenset[Permission]] = {
     "viewer": frozenset({"public", "agents:read", "sessions:read"}),
     "user": frozenset({"public", "agents:read", "sessions:read", "sessions:write"}),
     "operator": frozenset({"public", "agents:read", "sessions:read", "sessions:write",
-                           "usage:read", "stats:tenant"}),
+                           "usage:read", "stats:tenant", "audit:tenant"}),
     "admin": frozenset({"public", "agents:read", "agents:lifecycle", "sessions:read",
-                        "sessions:write", "usage:read", "stats:tenant", "keys:admin", "admin"}),
+                        "sessions:write", "usage:read", "stats:tenant", "audit:tenant",
+                        "keys:admin", "admin"}),
 }
 assert set(GRANTS) == set(ROLES)
 
@@ -70,6 +72,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/artifacts/{artifact_id}"): "sessions:read",
     ("GET", "/v1/usage"): "usage:read",
     ("GET", "/v1/admin/stats"): "stats:tenant",
+    ("GET", "/v1/admin/audit"): "audit:tenant",
     ("GET", "/v1/admin/profile"): "admin",
     ("GET", "/v1/admin/keys"): "keys:admin",
     ("POST", "/v1/admin/keys"): "keys:admin",
