@@ -25,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from roost.auth.budgets import BudgetsConfig
 from roost.auth.principal import Role
 
 
@@ -77,3 +78,4 @@ class AuthConfig(_Section):
                               "GET /v1/admin/audit")
     audit_retention_s: float = Field(30 * 86400, gt=0)
     audit_flush_s: float = Field(1.0, gt=0, description="records are written in batches")
+    budgets: BudgetsConfig = Field(default_factory=lambda: BudgetsConfig())

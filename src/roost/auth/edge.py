@@ -12,7 +12,8 @@ For every HTTP request, in this order:
 4. the role must hold the route's permission → else 403;
 5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs) whose user_id
    is theirs — anything else answers 404, like another tenant's object;
-6. `scope["roost.principal"]` carries the result to the routes (`tenant_of`, `principal_of`).
+6. a turn of a tenant whose budget is spent → 429 `budget_exceeded` (`budgets.py`);
+7. `scope["roost.principal"]` carries the result to the routes (`tenant_of`, `principal_of`).
 
 State-changing calls and refusals go to the audit log (`audit.py`). The cost on a cached
 API key is a header scan, one sha256 and two dict lookups (see docs in the issue note).
@@ -27,17 +28,20 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from roost.auth.audit import STATE_CHANGING
+from roost.auth.budgets import BudgetGate, UsageQuery
 from roost.auth.chain import Auth
 from roost.auth.permissions import RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from roost.errors import RoostError, RunNotFound, SessionNotFound
 from roost.server import problems
 from roost.server.problems import problem
+from roost.sessions.usage import UsageTotals
 
 if TYPE_CHECKING:
     from roost.runtime.runtime import Runtime
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="roost"'}
+_TURNS = "/v1/sessions/{session_id}/turns"
 
 
 class AuthEdge:
@@ -49,6 +53,10 @@ class AuthEdge:
         self.table = table or RouteTable()
         self.user_scoped = auth.config.user_scoped
         self.trail = auth.audit
+        self.budgets: BudgetGate | None = None
+        if runtime is not None:
+            gate = BudgetGate(auth.config.budgets, _usage_of(runtime))
+            self.budgets = gate if gate.active else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,6 +121,14 @@ class AuthEdge:
                                  client=_client(scope), reason="user_scoped")
                 await problems.error_response(hidden, method, path)(scope, receive, send)
                 return
+        if self.budgets is not None and template == _TURNS and method == "POST":
+            exceeded = await self.budgets.check(principal.tenant)
+            if exceeded is not None:
+                what, retry_after = exceeded
+                return await self._refuse(scope, receive, send, 429, "budget_exceeded",
+                                          f"the tenant's {what.replace('_', ' ')} budget is "
+                                          "spent", action, principal, target,
+                                          retry_after=retry_after)
         scope[PRINCIPAL] = principal
         if method not in STATE_CHANGING or not self.trail.enabled:
             await self.app(scope, receive, send)
@@ -135,13 +151,14 @@ class AuthEdge:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                       detail: str, action: str, principal: Principal | None,
-                      target: str | None) -> None:
+                      target: str | None, retry_after: float | None = None) -> None:
         if self.trail.enabled:
             self.trail.record(action=action, outcome="refused", status=status, principal=principal,
                          tenant=principal.tenant if principal else None, target=target,
                          request_id=scope.get("roost.request_id"), client=_client(scope),
                          reason=kind)
-        response = problem(status, kind, detail, headers=_CHALLENGE if status == 401 else None)
+        response = problem(status, kind, detail, retry_after=retry_after,
+                           headers=_CHALLENGE if status == 401 else None)
         await response(scope, receive, send)
 
     async def _own_session(self, scope: Scope, receive: Receive,
@@ -212,6 +229,14 @@ class AuthEdge:
         except RoostError:
             return None  # the route answers it (404 for an unknown id) as it would anyway
         return None if session.user_id == principal.user_id else hidden
+
+
+def _usage_of(runtime: Runtime) -> UsageQuery:
+    async def usage(tenant: str, since: float) -> UsageTotals:
+        totals = await runtime.usage_summary(tenant, group_by=(), since=since)
+        return totals[0] if totals else UsageTotals(key={})
+
+    return usage
 
 
 async def _nothing() -> Message:
