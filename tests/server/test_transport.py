@@ -20,6 +20,7 @@ import uvicorn
 
 from roost import Runtime, Settings
 from roost.server.app import create_app
+from roost.server.limits import BodySizeLimit
 from roost.server.transport import TransportConfig, uvicorn_options
 from roost.testing.live import free_port
 from tests.auth.conftest import echo_agent
@@ -34,9 +35,9 @@ async def hello(scope: Any, receive: Any, send: Any) -> None:
 
 
 @contextmanager
-def serving(config: TransportConfig) -> Iterator[int]:
+def serving(config: TransportConfig, app: Any = hello) -> Iterator[int]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(hello, host="127.0.0.1", port=port, lifespan="off",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off",
                                            log_config=None, log_level="error",
                                            **uvicorn_options(config)))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -185,3 +186,24 @@ async def test_cors_for_configured_origins() -> None:
         r = await client.get("/v1/sessions", headers={"Origin": "https://app.example"})
         assert r.status_code == 401
         assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_413_is_read_by_a_client_still_sending_its_body() -> None:
+    """The refusal is sent at once from Content-Length; the server keeps reading (and
+    dropping) the declared body instead of closing on a sending client, so the client
+    reads the 413 rather than a connection reset."""
+    limited = BodySizeLimit(hello, max_bytes=1 << 20)
+    body = b"x" * (3 << 20)
+    with serving(TransportConfig(), limited) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(body)  # all of it: no reset while the server answers
+        response = sock.recv(65536)
+        assert response.startswith(b"HTTP/1.1 413"), response[:100]
+    # With Expect: 100-continue the refusal comes before the body is sent.
+    with serving(TransportConfig(), limited) as port, \
+            socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 413")
