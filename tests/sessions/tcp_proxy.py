@@ -5,6 +5,7 @@
         ...
         await proxy.cut()       # drop every connection, refuse new ones (server down)
         await proxy.stall()     # accept and keep connections, forward nothing (network hang)
+        await proxy.lose_replies()  # requests reach the server, its replies never come back
         await proxy.restore()   # back to forwarding, same port
 
 Every task it starts (one per connection, two pumps inside it) is tracked and cancelled by
@@ -29,6 +30,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._replying = asyncio.Event()  # the server → client direction
+        self._replying.set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         #: connections accepted so far (tests use it to see that a client reconnected)
@@ -45,14 +48,21 @@ class TcpProxy:
             writer.transport.abort()
         self._writers.clear()
         self._flowing.set()  # let stalled pumps see their dead sockets and finish
+        self._replying.set()
 
     async def stall(self) -> None:
         """Like a network black hole: connections stay open, no byte gets through."""
         self._flowing.clear()
 
+    async def lose_replies(self) -> None:
+        """Like an acknowledgement lost in the network: what the client sends reaches the
+        server (and commits), what the server answers is held back."""
+        self._replying.clear()
+
     async def restore(self) -> None:
         """Forward again; start listening on the same port if `cut` closed it."""
         self._flowing.set()
+        self._replying.set()
         if self._server is None:
             await self.start()
 
@@ -100,7 +110,7 @@ class TcpProxy:
             # Either side closing (or a cut) ends both directions.
             pumps = [
                 asyncio.create_task(self._pump(reader, up_writer)),
-                asyncio.create_task(self._pump(up_reader, writer)),
+                asyncio.create_task(self._pump(up_reader, writer, self._replying)),
             ]
             try:
                 await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -115,10 +125,13 @@ class TcpProxy:
             self._writers.discard(writer)
             self._tasks.discard(task)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    gate: asyncio.Event | None = None) -> None:
         with contextlib.suppress(OSError, ConnectionError):
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if gate is not None:
+                    await gate.wait()
                 if writer.transport.is_closing():
                     return
                 writer.write(data)

@@ -84,3 +84,11 @@ async def test_renewal_keeps_an_owners_runs_and_sessions(store: Store) -> None:
     assert mine.id not in {r.id for r in await store.claimable_runs()}
     # The renewed session lease outlived its original half second.
     assert not await store.acquire_lease("default", mine.session_id, "them", 5)
+
+
+async def test_a_run_given_back_without_owner_is_claimable(store: Store) -> None:
+    run = await make_run(store, owner="me", lease_in=60)
+    run.owner, run.lease_expires_at = None, time.time()
+    await store.put_run(run)  # what a claimant that could not start it writes
+    assert run.id in {r.id for r in await store.claimable_runs()}
+    assert await store.claim_run("default", run.id, "other", 30) is not None

@@ -67,8 +67,9 @@ class SessionPort(Protocol):
     def context(self, system: Message | None) -> list[Message]:
         """The messages a new run starts from."""
 
-    async def record_run(self, run: RunRecord) -> None:
-        """Write the run record alone (when its log cannot take the terminal event)."""
+    async def record_run(self, run: RunRecord, *, owner: str | None) -> None:
+        """Write the run record alone (when its log cannot take the terminal event), unless
+        the stored one ended already or belongs to another owner than `owner`."""
 
 
 @dataclass(slots=True)
@@ -101,6 +102,7 @@ class Runner:
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
         self._append_lock = asyncio.Lock()
+        self._owner = ctx.run.owner  # the instance running it (cleared when the run ends)
         self._metadata = {"run_id": ctx.run.id, "tenant": ctx.run.tenant,
                           "agent": ctx.agent.name, "session_id": ctx.session.id}
 
@@ -318,7 +320,7 @@ class Runner:
         except (SessionMoved, SessionNotFound):
             # The log moved on or is gone: record the run itself if we can.
             with contextlib.suppress(RoostError):
-                await ctx.session.record_run(ctx.run)
+                await ctx.session.record_run(ctx.run, owner=self._owner)
             ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
         except RoostError:
             # An outage: neither the log nor the record can be trusted to say how the run

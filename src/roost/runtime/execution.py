@@ -40,6 +40,11 @@ class Executor:
                          artifacts=rt.artifacts)
         handle.ctx = ctx
         handle.started = True
+        # The run's record is first written by its first append, maybe long after it was
+        # submitted (it waited for its lane, a slot, the session): stamp the lease now, or
+        # another instance would find it already expired and take it over.
+        handle.run.owner = rt.instance_id
+        handle.run.lease_expires_at = now() + rt.leases.ttl
         try:
             await Runner(ctx).run()
             if (handle.run.error or {}).get("type") == "store_unavailable":

@@ -36,7 +36,7 @@ from roost.engine.context import close_dangling_calls
 from roost.errors import SessionMoved, StoreError, StoreUnavailable, VersionConflict
 from roost.models.base import Message
 from roost.runtime.cache import SessionCache
-from roost.sessions.records import Event, RunRecord, Session, now
+from roost.sessions.records import TERMINAL_STATUSES, Event, RunRecord, Session, now
 from roost.sessions.store import Store as SessionLog
 
 log = logging.getLogger("roost.runtime")
@@ -156,8 +156,15 @@ class LiveSession:
         self.session.state = fresh.state
         self.history = await load_history(self.store, fresh, self.policies)
 
-    async def record_run(self, run: RunRecord) -> None:
-        """Write the run record alone (its log could not take the terminal event)."""
+    async def record_run(self, run: RunRecord, *, owner: str | None = None) -> None:
+        """Write the run record alone (its log could not take the terminal event) — unless
+        the stored record already ended or another instance owns it now: a run that lost
+        its session to another writer must not overwrite what that writer recorded."""
+        stored = await self.store.get_run(run.tenant, run.id)
+        if stored.status in TERMINAL_STATUSES or stored.owner not in (None, owner):
+            log.warning("run %s: not recording %s over the stored %s record (owner %s)",
+                        run.id, run.status, stored.status, stored.owner)
+            return
         run.updated_at = now()
         await self.store.put_run(run)
 

@@ -112,8 +112,14 @@ class Recovery:
             # them after that turn's. Close it where it stands instead.
             await self._close_orphan(run, "the session moved on while the run was interrupted")
             raise Conflict(f"run {run.id} cannot resume: its session moved on", run_id=run.id)
-        tail = await rt.store.tail_events(run.tenant, live.id, 10_000)
-        return self._start(run, hosted, live, resume_context(tail, run.id))
+        try:
+            tail = await rt.store.tail_events(run.tenant, live.id, 10_000)
+            return self._start(run, hosted, live, resume_context(tail, run.id))
+        except BaseException:
+            # Claimed but not started (the session is busy here, the store failed): give the
+            # claim back at once, so the next look (here or elsewhere) tries again.
+            await self._give_back(run)
+            raise
 
     async def _close_orphan(self, run: RunRecord, why: str) -> None:
         run.status = "interrupted"
@@ -124,7 +130,9 @@ class Recovery:
         log.warning("run %s closed: %s", run.id, why)
 
     async def _give_back(self, run: RunRecord) -> None:
-        """A claimed run we could not start: let its lease lapse now for another claimant."""
+        """A claimed run we could not start: let its lease lapse now for another claimant
+        (without an owner, or our own renewal would keep extending it)."""
+        run.owner = None
         run.lease_expires_at = now()
         with contextlib.suppress(RoostError):
             await self.runtime.store.put_run(run)
@@ -247,12 +255,12 @@ class Recovery:
         ended = next((e for e in reversed(events) if e.type in TERMINAL_EVENTS), None)
         if ended is not None:
             apply_terminal(run, ended)
-            await live.record_run(run)
+            await live.record_run(run, owner=self.runtime.instance_id)
             log.info("run %s settled from its log: %s", run.id, run.status)
             return
         if live.session.last_seq != (events[-1].seq if events else live.session.last_seq):
             # A later turn moved the session on: record the run alone.
-            await live.record_run(run)
+            await live.record_run(run, owner=self.runtime.instance_id)
             return
         error = run.error or {"type": "store_unavailable",
                               "message": "the store failed during the run"}

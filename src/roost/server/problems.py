@@ -87,7 +87,12 @@ def _encode_problem(status: int, type_: str, detail: str, field: str | None,
 def roost_error_response(exc: RoostError) -> Response:
     retry_after = exc.retry_after if isinstance(exc, Overloaded) else exc.details.get("retry_after")
     field = exc.field if isinstance(exc, InvalidInput) else None
-    return problem(exc.status, exc.type, exc.message, field=field, retry_after=retry_after)
+    run_id = exc.details.get("run_id") if exc.status >= 500 else None
+    # An outage during a run names the run where clients look for it on every turn
+    # response: its outcome can be fetched once the store answers.
+    headers = {"X-Run-Id": run_id, "Location": f"/v1/runs/{run_id}"} if run_id else None
+    return problem(exc.status, exc.type, exc.message, field=field, retry_after=retry_after,
+                   headers=headers)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

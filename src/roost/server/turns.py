@@ -32,8 +32,10 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     if (run.error or {}).get("type") == "store_unavailable":
         # The run could not be recorded: say so as the outage it is, not as a run result.
         raise StoreUnavailable(f"the session store became unreachable during run {run.id}; "
-                               "steps recorded before the outage are kept",
-                               retry_after=runtime.settings.runtime.store_retry_s)
+                               "steps recorded before the outage are kept, and the run's "
+                               "record is settled from its log when the store answers",
+                               retry_after=runtime.settings.runtime.store_retry_s,
+                               run_id=run.id)
     return json_response(turn_body(run, handle.events), headers=run_headers(run))
 
 

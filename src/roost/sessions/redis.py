@@ -129,6 +129,10 @@ local function index_owner(global, run_key, status, owner, lease)
     redis.call('HSET', run_key, 'o', owner, 'le', lease)
     redis.call('ZADD', claimable, lease, run_key)
     redis.call('SADD', global .. 'own:' .. owner, run_key)
+  elseif (status == 'queued' or status == 'running') and lease ~= '' then
+    -- given back by a claimant that could not start it: anyone may claim it now
+    redis.call('HDEL', run_key, 'o', 'le')
+    redis.call('ZADD', claimable, lease, run_key)
   else
     redis.call('HDEL', run_key, 'o', 'le')
     if status == 'interrupted' and owner == '' then
@@ -1145,9 +1149,10 @@ def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> Non
 
 
 def _owner_args(run: RunRecord | None) -> list[str]:
-    if run is None or run.owner is None or run.lease_expires_at is None:
+    if run is None:
         return ["", ""]
-    return [run.owner, repr(run.lease_expires_at)]
+    lease = run.lease_expires_at
+    return [run.owner or "", "" if lease is None else repr(lease)]
 
 
 def _with_owner(run: RunRecord, owner: Any, lease: Any) -> RunRecord:
