@@ -280,3 +280,24 @@ async def test_the_audit_trail_is_kept_and_scoped(secured: Secured) -> None:
     assert {r["tenant"] for r in theirs} == {"acme"}  # an operator's filter is their tenant
     assert (await secured.client.get("/v1/admin/audit", headers=secured.as_("user"))
             ).status_code == 403
+
+
+async def test_websockets_are_refused_when_auth_is_on(secured: Secured) -> None:
+    from roost.auth.edge import AuthEdge
+
+    reached = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        reached.append(scope)
+
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "websocket.connect"}
+
+    await AuthEdge(app, secured.auth)({"type": "websocket", "path": "/ws", "headers": []},
+                                      receive, send)
+    assert sent == [{"type": "websocket.close", "code": 1008}] and reached == []

@@ -60,6 +60,11 @@ class AuthEdge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket" and self.auth.enabled:
+                # No route takes a WebSocket, and none would be authorized here: refuse
+                # (closing before accepting answers 403) rather than pass one through.
+                await send({"type": "websocket.close", "code": 1008})
+                return
             await self.app(scope, receive, send)
             return
         method: str = scope["method"]
