@@ -7,7 +7,8 @@ Prints CPU microseconds per call (best of 3 rounds: a noisy shared machine stays
 
 - key check, cached: `ApiKeyAuthenticator.cached` on a verified key (sha256 + dict lookups);
 - edge, auth off / on: `AuthEdge` in front of an app that answers nothing, for a turn
-  (`POST /v1/sessions/{id}/turns`): route match, header scan, key check, permission;
+  (`POST /v1/sessions/{id}/turns`): route match, header scan, key check, permission; then
+  with the turn's audit record queued for the store (the batch write is not included);
 - whole app refusals, in process (ASGI, no sockets): 503 (the runtime draining, today's
   cheapest refusal of a turn), 401 (no key), 403 (a viewer's turn); the last row with the
   audit record written as JSON to /dev/null, the way a production log would carry it.
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from roost import Agent, Runtime, Settings
+from roost.auth.auditlog import MemoryAuditStore
 from roost.auth.chain import Auth
 from roost.auth.config import AuthConfig
 from roost.auth.edge import AuthEdge
@@ -84,7 +86,10 @@ async def main(n: int, devnull: IO[str]) -> None:
     path = "/v1/sessions/ses_0123456789abcdef/turns"
 
     results: dict[str, float] = {"key check, cached": best_of(3, cached)}
-    for name, auth, headers in (("edge, auth off", auth_off, []), ("edge, auth on", auth_on, bearer)):
+    audited = Auth(AuthConfig(enabled=True), keys, audit_store=MemoryAuditStore(max_records=1000))
+    await audited.authenticate(token)
+    for name, auth, headers in (("edge, auth off", auth_off, []), ("edge, auth on", auth_on, bearer),
+                                ("edge, auth on, audit queued", audited, bearer)):
         results[name] = min([(await asgi_cost(AuthEdge(nothing, auth), path, headers, n))[0]
                              for _ in range(3)])
 
