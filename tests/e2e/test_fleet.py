@@ -152,3 +152,117 @@ def test_two_racing_resumes_run_once(
     results = [e for e in events if e["type"] == "tool.result"]
     assert len(results) == len({e["data"]["call_id"] for e in results})
     assert [e["type"] for e in events].count("run.started") == 1
+
+
+def sse_events(response: httpx.Response) -> list[dict]:  # type: ignore[type-arg]
+    import json
+
+    events = []
+    for block in response.iter_text():
+        for frame in block.split("\n\n"):
+            data = [line[6:] for line in frame.splitlines() if line.startswith("data: ")]
+            if data:
+                events.append(json.loads("".join(data)))
+    return events
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stream_followed_through_another_instance_is_exact_and_live(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    marker = tmp_path / "calls.txt"
+    a, b = fleet(tmp_path, servers, kind,
+                 env={"SLOW_TOOL_S": "1.5", "SLOW_TOOL_MARKER": str(marker)})
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        turn = pool.submit(httpx.post, f"{a.url}/v1/sessions/{session}/turns",
+                           json={"input": "research Terns"}, timeout=30)
+        wait_for(marker.exists, what="the run inside its tool")
+        log = httpx.get(f"{b.url}/v1/sessions/{session}/events").json()["items"]
+        run_id = log[0]["run_id"]
+        # Reconnect through the other instance after the first two events.
+        with httpx.stream("GET", f"{b.url}/v1/runs/{run_id}/events",
+                          headers={"Last-Event-ID": str(log[1]["seq"])}, timeout=30) as stream:
+            assert stream.status_code == 200
+            followed = sse_events(stream)
+        done = turn.result().json()
+    assert done["status"] == "completed"
+    persisted = [e for e in done["events"] if e["seq"] > log[1]["seq"]]
+    # Exactly the run's persisted events after Last-Event-ID, live, ending with its end.
+    assert [(e["seq"], e["type"]) for e in followed] == [(e["seq"], e["type"]) for e in persisted]
+    assert followed[-1]["type"] == "run.completed"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_and_pause_reach_every_instance(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    marker = tmp_path / "calls.txt"
+    a, b = fleet(tmp_path, servers, kind,
+                 env={"SLOW_TOOL_S": "30", "SLOW_TOOL_MARKER": str(marker)})
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        turn = pool.submit(httpx.post, f"{a.url}/v1/sessions/{session}/turns",
+                           json={"input": "research Auks"}, timeout=30)
+        wait_for(marker.exists, what="the run inside its tool")
+        run_id = httpx.get(f"{b.url}/v1/sessions/{session}/events").json()["items"][0]["run_id"]
+        cancelled = httpx.post(f"{b.url}/v1/runs/{run_id}/cancel", timeout=15)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert turn.result().json()["status"] == "cancelled"
+    # Pause through one instance: the other refuses new turns within a second.
+    assert httpx.post(f"{b.url}/v1/agents/researcher/pause").status_code == 200
+
+    def refused_on_a() -> bool:
+        return httpx.get(f"{a.url}/v1/agents/researcher").json()["state"] == "paused"
+
+    wait_for(refused_on_a, timeout=1.0, what="the pause to reach the other instance")
+    assert httpx.post(f"{b.url}/v1/agents/researcher/resume").status_code == 200
+    wait_for(lambda: httpx.get(f"{a.url}/v1/agents/researcher").json()["state"] == "running",
+             timeout=1.0, what="the resume to reach the other instance")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pause_survives_a_restart_and_refuses_turns_everywhere(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    config = store_config(kind) + '[agents.researcher]\npolicies = { when_paused = "reject" }\n'
+    a = start_server(tmp_path, config, name="a")
+    b = start_server(tmp_path, config, name="b")
+    servers.extend([a, b])
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    assert httpx.post(f"{a.url}/v1/agents/researcher/pause").status_code == 200
+    wait_for(lambda: httpx.post(f"{b.url}/v1/sessions/{session}/turns",
+                                json={"input": "research Shags"}).status_code == 503,
+             timeout=1.0, what="the other instance to refuse turns")
+    assert b.terminate() == 0
+    b = start_server(tmp_path, config, name="b2")
+    servers.append(b)
+    assert httpx.get(f"{b.url}/v1/agents/researcher").json()["state"] == "paused"
+    refused = httpx.post(f"{b.url}/v1/sessions/{session}/turns", json={"input": "research Shags"})
+    assert refused.status_code == 503 and refused.json()["type"].endswith("agent_unavailable")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_interrupt_across_instances_stops_the_active_run(
+        kind: str, tmp_path: Path, servers: list[ServerProcess]) -> None:
+    marker = tmp_path / "calls.txt"
+    config = store_config(kind) + \
+        '[agents.researcher]\npolicies = { double_texting = "interrupt" }\n'
+    # The run to interrupt takes 30 s on A; the turn that interrupts it is quick on B.
+    a = start_server(tmp_path, config, env={"SLOW_TOOL_S": "30", "SLOW_TOOL_MARKER": str(marker)},
+                     name="a")
+    b = start_server(tmp_path, config, env={"SLOW_TOOL_S": "0"}, name="b")
+    servers.extend([a, b])
+    session = httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, f"{a.url}/v1/sessions/{session}/turns",
+                            json={"input": "research Skuas"}, timeout=30)
+        wait_for(marker.exists, what="the first run inside its tool")
+        started = time.monotonic()
+        second = httpx.post(f"{b.url}/v1/sessions/{session}/turns",
+                            json={"input": "weather instead"}, timeout=30)
+        assert second.status_code == 200
+        assert time.monotonic() - started < 10  # not the 30 s the first run would take
+        assert first.result().json()["status"] == "cancelled"
+    events = httpx.get(f"{a.url}/v1/sessions/{session}/events",
+                       params={"limit": 1000}).json()["items"]
+    runs = list(dict.fromkeys(e["run_id"] for e in events))
+    assert len(runs) == 2 and events[-1]["type"] == "run.completed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
@@ -12,9 +12,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from roost.errors import SessionNotFound, StoreUnavailable, VersionConflict
 from roost.observability import InstrumentedStore, Observability, ObservabilityConfig
-from roost.sessions.records import Event, Page, RunRecord, Session
-from roost.sessions.store import Store
+from roost.sessions.records import Event, IdempotencyRecord, Page, RunRecord, Session
+from roost.sessions.store import CLAIMABLE_STATUSES, Store
 from roost.sessions.usage import UsageTotals
+from roost.sessions.wrapper import StoreWrapper
 from tests.observability import make_run, scrape, traced, value
 
 
@@ -105,9 +106,24 @@ class RecordingStore:
     async def release_lease(self, tenant: str, session_id: str, owner: str) -> None:
         await self._do("release_lease", tenant, session_id, owner)
 
+    async def expire_sessions(self, now: float) -> int:
+        await self._do("expire_sessions", now)
+        return 2
+
+    async def usage_summary(self, tenant: str, *, group_by: Sequence[str] = ("agent", "model"),
+                            since: float | None = None,
+                            until: float | None = None) -> list[UsageTotals]:
+        await self._do("usage_summary", tenant, tuple(group_by), since, until)
+        return []
+
+    async def read_run_events(self, tenant: str, session_id: str, run_id: str, *,
+                              after: int = 0, limit: int = 1000) -> list[Event]:
+        await self._do("read_run_events", tenant, session_id, run_id, after, limit)
+        return []
+
     async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Any = ()) -> RunRecord | None:
-        await self._do("claim_run", tenant, run_id, owner, ttl_s)
+                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
+        await self._do("claim_run", tenant, run_id, owner, ttl_s, tuple(statuses))
         return None
 
     async def renew_ownership(self, owner: str, ttl_s: float) -> int:
@@ -119,15 +135,18 @@ class RecordingStore:
         await self._do("claimable_runs", include_interrupted, limit)
         return []
 
-    async def expire_sessions(self, now: float) -> int:
-        await self._do("expire_sessions", now)
-        return 2
+    async def claim_idempotency_key(self, tenant: str, scope: str, key: str, fingerprint: str,
+                                    value: str, ttl_s: float) -> tuple[bool, IdempotencyRecord]:
+        await self._do("claim_idempotency_key", tenant, scope, key, fingerprint, value, ttl_s)
+        return True, IdempotencyRecord(fingerprint=fingerprint, value=value, created_at=0.0,
+                                       expires_at=ttl_s)
 
-    async def usage_summary(self, tenant: str, *, group_by: Sequence[str] = ("agent", "model"),
-                            since: float | None = None,
-                            until: float | None = None) -> list[UsageTotals]:
-        await self._do("usage_summary", tenant, tuple(group_by), since, until)
-        return []
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        await self._do("set_agent_state", scope, agent, state)
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        await self._do("agent_states")
+        return {}
 
     def backend_extra(self) -> str:
         return "extra"
@@ -154,18 +173,24 @@ CALLS: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {
                            "since": 1.0, "until": 2.0, "limit": 3}),
     "acquire_lease": (("t", "s", "me", 30.0), {}),
     "release_lease": (("t", "s", "me"), {}),
-    "claim_run": (("t", "r", "me", 10.0), {}),
-    "renew_ownership": (("me", 10.0), {}),
-    "claimable_runs": ((), {"include_interrupted": True, "limit": 5}),
     "expire_sessions": ((123.0,), {}),
     "usage_summary": (("t",), {"group_by": ("agent", "day"), "since": 1.0, "until": 2.0}),
+    "read_run_events": (("t", "s", "r"), {"after": 3, "limit": 4}),
+    "claim_run": (("t", "r", "me", 30.0), {"statuses": ("queued",)}),
+    "renew_ownership": (("me", 30.0), {}),
+    "claimable_runs": ((), {"include_interrupted": True, "limit": 5}),
+    "claim_idempotency_key": (("t", "submit", "k", "fp", "v", 60.0), {}),
+    "set_agent_state": (("*", "a", "paused"), {}),
+    "agent_states": ((), {}),
 }
 
 
-def test_every_protocol_method_is_wrapped_explicitly() -> None:
-    assert set(PROTOCOL_METHODS) == set(CALLS), "update CALLS and InstrumentedStore"
+def test_every_protocol_method_is_forwarded_explicitly() -> None:
+    # InstrumentedStore times StoreWrapper._call, which every forwarded method goes through.
+    assert set(PROTOCOL_METHODS) == set(CALLS), "update CALLS and StoreWrapper"
+    assert issubclass(InstrumentedStore, StoreWrapper)
     for name in PROTOCOL_METHODS:
-        assert name in InstrumentedStore.__dict__, f"InstrumentedStore does not wrap {name}"
+        assert name in StoreWrapper.__dict__, f"StoreWrapper does not forward {name}"
 
 
 async def test_results_and_arguments_pass_through_and_every_operation_is_timed() -> None:
@@ -183,6 +208,8 @@ async def test_results_and_arguments_pass_through_and_every_operation_is_timed()
     assert ("patch_state", ("t", "s", {"k": 1}, 3)) in inner.calls
     assert ("list_sessions", ("t", "a", "u", "c", 5)) in inner.calls
     assert ("list_runs", ("t", "s", "completed", "a", 1.0, 2.0, 3)) in inner.calls
+    assert ("claim_run", ("t", "r", "me", 30.0, ("queued",))) in inner.calls
+    assert ("claimable_runs", (True, 5)) in inner.calls
     s = scrape(obs)
     for name in PROTOCOL_METHODS:
         assert value(s, "roost_store_operation_seconds_count", backend="sqlite",

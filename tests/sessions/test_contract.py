@@ -13,8 +13,10 @@ import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from roost.errors import (
@@ -25,10 +27,11 @@ from roost.errors import (
     StoreUnavailable,
     VersionConflict,
 )
-from roost.sessions import Event, RunRecord, Session, Store, Usage
+from roost.sessions import Event, RunRecord, Session, Store, Usage, open_store
 from roost.sessions import usage as usage_module
 from roost.sessions.store import MAX_LIST_RUNS
 from roost.sessions.usage import UsageTotals
+from tests.conftest import POSTGRES_URL, REDIS_URL
 
 T = "default"
 WRITERS = int(os.environ.get("ROOST_CONTRACT_WRITERS", "50"))
@@ -706,3 +709,286 @@ async def test_one_mebibyte_state_and_event(store: Store) -> None:
     assert (await store.tail_events(T, session.id, 1))[0] == event
     patched = await store.patch_state(T, session.id, {"more": content})
     assert patched.state == {"blob": big, "more": content}
+
+
+# -- the fleet: run ownership, run events, idempotency keys, agent states -----------------
+def sibling(store: Store) -> Store | None:
+    """A second store object on the same data (another instance of the fleet), or None."""
+    if store.backend == "memory":
+        return None
+    if store.backend == "sqlite":
+        return open_store(f"sqlite:///{store.path}")  # type: ignore[attr-defined]
+    if store.backend == "postgres":
+        return open_store(POSTGRES_URL, schema=store._schema)  # type: ignore[attr-defined]
+    return open_store(REDIS_URL, prefix=store._prefix)  # type: ignore[attr-defined]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Wait for `condition` (a lease to run out on the store's clock), at most `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if await condition():
+                return
+            # Nothing to wait on: the store's clock, not an event, ends a lease.
+            await asyncio.sleep(0.01)
+
+
+async def make_run(store: Store, tenant: str = T, **fields: Any) -> RunRecord:
+    session = await make_session(store, tenant)
+    fields.setdefault("id", new_id("r"))
+    fields.setdefault("agent", "helper")
+    run = RunRecord(tenant=tenant, session_id=session.id, **fields)
+    await store.put_run(run)
+    return run
+
+
+async def test_ownership_fields_round_trip(store: Store) -> None:
+    run = await make_run(store, owner="i-1", lease_expires_at=1_700_000_000.125, status="running")
+    got = await store.get_run(T, run.id)
+    assert (got.owner, got.lease_expires_at) == ("i-1", 1_700_000_000.125)
+    [listed] = await store.list_runs(T, session_id=run.session_id)
+    assert (listed.owner, listed.lease_expires_at) == ("i-1", 1_700_000_000.125)
+    bare = await make_run(store)
+    assert (await store.get_run(T, bare.id)).owner is None
+    assert (await store.get_run(T, bare.id)).lease_expires_at is None
+
+
+async def test_claim_run_one_of_many_wins(store: Store) -> None:
+    run = await make_run(store, status="queued", error={"type": "x"})
+    before = time.time()
+    results = await asyncio.gather(
+        *(store.claim_run(T, run.id, f"i-{n}", 30.0) for n in range(20))
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    won = winners[0]
+    assert won.status == "running" and won.attempt == 2 and won.error is None
+    assert won.owner is not None and won.lease_expires_at is not None
+    assert before + 25 < won.lease_expires_at < time.time() + 35
+    stored = await store.get_run(T, run.id)
+    assert (stored.owner, stored.status, stored.attempt) == (won.owner, "running", 2)
+    assert stored.lease_expires_at == won.lease_expires_at
+
+
+async def test_claim_run_one_wins_across_store_objects(store: Store) -> None:
+    other = sibling(store)
+    if other is None:
+        pytest.skip("one process's memory")
+    await other.open()
+    try:
+        runs = [await make_run(store, status="running", owner="dead",
+                               lease_expires_at=time.time() - 60) for _ in range(5)]
+        for run in runs:
+            results = await asyncio.gather(
+                *(s.claim_run(T, run.id, f"{name}-{n}", 30.0)
+                  for n in range(10) for name, s in (("a", store), ("b", other)))
+            )
+            assert sum(r is not None for r in results) == 1
+    finally:
+        await other.close()
+
+
+async def test_claim_run_loses_to_a_live_lease_and_wins_after_it(store: Store) -> None:
+    # Its owner died: the lease ran out (written as past, so no waiting on the clock).
+    run = await make_run(store, status="running", owner="dead", lease_expires_at=time.time() - 5)
+    first = await store.claim_run(T, run.id, "i-1", 30.0)
+    assert first is not None and first.attempt == 2 and first.owner == "i-1"
+    assert await store.claim_run(T, run.id, "i-2", 30.0) is None
+    assert await store.claim_run(T, run.id, "i-1", 30.0) is None  # a second claim loses too
+    assert (await store.get_run(T, run.id)).attempt == 2
+    # On the store's own clock: a short lease runs out by itself.
+    short = await make_run(store, status="queued")
+    assert await store.claim_run(T, short.id, "i-1", 0.05) is not None
+
+    async def taken() -> bool:
+        return await store.claim_run(T, short.id, "i-2", 30.0) is not None
+
+    await until(taken)
+    assert (await store.get_run(T, short.id)).owner == "i-2"
+
+
+async def test_claim_run_statuses_and_missing_runs(store: Store) -> None:
+    done = await make_run(store, status="completed")
+    assert await store.claim_run(T, done.id, "i-1", 30.0) is None
+    waiting = await make_run(store, status="waiting")
+    assert await store.claim_run(T, waiting.id, "i-1", 30.0) is None
+    assert await store.claim_run(T, waiting.id, "i-1", 30.0, statuses=("waiting",)) is not None
+    queued = await make_run(store, status="queued")
+    assert await store.claim_run(T, queued.id, "i-1", 30.0, statuses=("running",)) is None
+    interrupted = await make_run(store, status="interrupted")
+    claimed = await store.claim_run(T, interrupted.id, "i-1", 30.0)
+    assert claimed is not None and claimed.status == "running"
+    with pytest.raises(RunNotFound):
+        await store.claim_run(T, "no-such-run", "i-1", 30.0)
+    with pytest.raises(RunNotFound):
+        await store.claim_run("other-tenant", queued.id, "i-1", 30.0)
+    with pytest.raises(InvalidInput):
+        await store.claim_run(T, queued.id, "i-1", 0)
+
+
+async def test_a_run_write_never_shortens_its_owners_lease(store: Store) -> None:
+    run = await make_run(store, status="queued")
+    claimed = await store.claim_run(T, run.id, "i-1", 5.0)
+    assert claimed is not None and claimed.lease_expires_at is not None
+    assert await store.renew_ownership("i-1", 60.0) == 1
+    renewed = (await store.get_run(T, run.id)).lease_expires_at
+    assert renewed is not None and renewed > claimed.lease_expires_at
+    # The owner writes the record it holds (leased at claim time) with its next step.
+    session = await store.get_session(T, run.session_id)
+    await store.append(T, run.session_id, [message("step", run.id)], session.version,
+                       run=claimed)
+    assert (await store.get_run(T, run.id)).lease_expires_at == renewed
+    await store.put_run(claimed)
+    assert (await store.get_run(T, run.id)).lease_expires_at == renewed
+    # Finishing clears it.
+    await store.put_run(msgspec.structs.replace(claimed, status="completed",
+                                                lease_expires_at=None))
+    assert (await store.get_run(T, run.id)).lease_expires_at is None
+
+
+async def test_renew_ownership_extends_only_that_owners_live_work(store: Store) -> None:
+    past = time.time() - 1
+    mine = await make_run(store, status="running", owner="i-1", lease_expires_at=past)
+    queued = await make_run(store, "tenant-b", status="queued", owner="i-1",
+                            lease_expires_at=past)
+    finished = await make_run(store, status="completed", owner="i-1", lease_expires_at=past)
+    theirs = await make_run(store, status="running", owner="i-2", lease_expires_at=past)
+    renewed_session = await make_session(store)
+    control = await make_session(store)
+    assert await store.acquire_lease(T, renewed_session.id, "i-1", 0.5)
+    assert await store.renew_ownership("i-1", 60.0) == 2
+    assert await store.acquire_lease(T, control.id, "i-1", 0.5)  # after the renewal
+    for run in (mine, queued):
+        lease = (await store.get_run(run.tenant, run.id)).lease_expires_at
+        assert lease is not None and lease > time.time() + 50
+    assert (await store.get_run(T, finished.id)).lease_expires_at == past
+    assert (await store.get_run(T, theirs.id)).lease_expires_at == past
+    assert await store.renew_ownership("nobody", 60.0) == 0
+
+    async def control_expired() -> bool:
+        return await store.acquire_lease(T, control.id, "i-2", 30.0)
+
+    # The control lease was taken later than the renewed one with the same ttl: once it has
+    # run out, the renewed one would have too, had it not been renewed.
+    await until(control_expired)
+    assert not await store.acquire_lease(T, renewed_session.id, "i-2", 30.0)
+
+
+async def test_claimable_runs_are_the_expired_ones_of_every_tenant(store: Store) -> None:
+    clock = time.time()
+    older = await make_run(store, "tenant-a", status="running", owner="dead",
+                           lease_expires_at=clock - 20)
+    newer = await make_run(store, "tenant-b", status="queued", owner="dead",
+                           lease_expires_at=clock - 10)
+    await make_run(store, "tenant-a", status="running", owner="alive",
+                   lease_expires_at=clock + 60)
+    await make_run(store, "tenant-a", status="completed", owner="dead",
+                   lease_expires_at=clock - 30)
+    await make_run(store, "tenant-b", status="waiting", owner="dead",
+                   lease_expires_at=clock - 30)
+    await make_run(store, "tenant-b", status="queued")  # never owned: the queue's business
+    orphan = await make_run(store, "tenant-b", status="interrupted")
+    dropped = await make_run(store, "tenant-a", status="interrupted", owner="dead",
+                             lease_expires_at=clock - 5)
+    await make_run(store, "tenant-a", status="interrupted", owner="alive",
+                   lease_expires_at=clock + 60)
+
+    found = await store.claimable_runs()
+    assert [(r.tenant, r.id) for r in found] == [("tenant-a", older.id), ("tenant-b", newer.id)]
+    assert found[0].owner == "dead" and found[0].lease_expires_at == clock - 20
+    assert [r.id for r in await store.claimable_runs(limit=1)] == [older.id]
+    with_interrupted = await store.claimable_runs(include_interrupted=True)
+    assert [r.id for r in with_interrupted] == [orphan.id, older.id, newer.id, dropped.id]
+
+    assert await store.claim_run("tenant-a", older.id, "i-1", 30.0) is not None
+    assert [r.id for r in await store.claimable_runs()] == [newer.id]
+    await store.put_run(msgspec.structs.replace(newer, status="completed"))
+    assert await store.claimable_runs() == []
+    await store.delete_session("tenant-b", orphan.session_id)
+    assert [r.id for r in await store.claimable_runs(include_interrupted=True)] == [dropped.id]
+
+
+async def test_read_run_events_reads_one_run_at_any_depth(store: Store) -> None:
+    session = await make_session(store)
+    layout = [("r1", 10), (None, 1000), ("r2", 200), (None, 90), ("r3", 100), ("r2", 100)]
+    version = session.version
+    for run_id, count in layout:
+        for start in range(0, count, 100):
+            batch = [message(f"{run_id}-{start + n}", run_id)
+                     for n in range(min(100, count - start))]
+            version = await store.append(T, session.id, batch, version)
+    everything = await read_all(store, T, session.id)
+    assert len(everything) == 1500
+    by_run: dict[str | None, list[int]] = {}
+    for event in everything:
+        by_run.setdefault(event.run_id, []).append(event.seq)
+
+    r2 = await store.read_run_events(T, session.id, "r2")
+    assert [e.seq for e in r2] == by_run["r2"] and len(r2) == 300
+    assert {e.run_id for e in r2} == {"r2"}
+    assert r2[0].data == everything[by_run["r2"][0] - 1].data
+    r3 = await store.read_run_events(T, session.id, "r3", after=by_run["r3"][49], limit=20)
+    assert [e.seq for e in r3] == by_run["r3"][50:70]
+    assert [e.seq for e in await store.read_run_events(T, session.id, "r1")] == by_run["r1"]
+    assert await store.read_run_events(T, session.id, "r1", limit=0) == []
+    assert await store.read_run_events(T, session.id, "no-such-run") == []
+    with pytest.raises(SessionNotFound):
+        await store.read_run_events(T, "no-such-session", "r1")
+    with pytest.raises(SessionNotFound):
+        await store.read_run_events("other-tenant", session.id, "r1")
+    await store.delete_session(T, session.id)
+    with pytest.raises(SessionNotFound):
+        await store.read_run_events(T, session.id, "r2")
+
+
+async def test_idempotency_key_is_put_if_absent(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.claim_idempotency_key(T, "submit", "key-1", f"fp-{n}", f"run-{n}", 60.0)
+          for n in range(20))
+    )
+    winners = [record for stored, record in results if stored]
+    assert len(winners) == 1
+    won = winners[0]
+    assert won.expires_at == pytest.approx(won.created_at + 60.0)
+    assert all(record == won for _, record in results)
+    stored, again = await store.claim_idempotency_key(T, "submit", "key-1", "other", "x", 60.0)
+    assert not stored and again == won
+    # Keys are per tenant and per scope.
+    assert (await store.claim_idempotency_key("tenant-b", "submit", "key-1", "f", "v", 60.0))[0]
+    assert (await store.claim_idempotency_key(T, "schedule", "key-1", "f", "v", 60.0))[0]
+    assert (await store.claim_idempotency_key(T, "sub", "mit:key-1", "f", "v", 60.0))[0]
+    # An expired record is absent, and the sweep removes it.
+    assert (await store.claim_idempotency_key(T, "submit", "short", "f1", "v1", 0.05))[0]
+
+    async def expired() -> bool:
+        stored, _ = await store.claim_idempotency_key(T, "submit", "short", "f2", "v2", 60.0)
+        return stored
+
+    await until(expired)
+    _, record = await store.claim_idempotency_key(T, "submit", "short", "f3", "v3", 60.0)
+    assert (record.fingerprint, record.value) == ("f2", "v2")
+    await store.expire_sessions(time.time() + 3600)
+    if store.backend != "redis":  # Redis: a native TTL removes it, on the Redis clock
+        assert (await store.claim_idempotency_key(T, "submit", "key-1", "f4", "v4", 60.0))[0]
+
+
+async def test_agent_states_survive_a_restart(store: Store) -> None:
+    assert await store.agent_states() == {}
+    await store.set_agent_state("*", "helper", "paused")
+    await store.set_agent_state("tenant-b", "helper", "stopped")
+    await store.set_agent_state("*", "a:b", "running")
+    await store.set_agent_state("*", "helper", "running")  # the latest wins
+    expected = {("*", "helper"): "running", ("tenant-b", "helper"): "stopped",
+                ("*", "a:b"): "running"}
+    assert await store.agent_states() == expected
+    other = sibling(store)
+    if other is None:  # memory: close() keeps the data
+        await store.close()
+        await store.open()
+        assert await store.agent_states() == expected
+        return
+    await other.open()
+    try:
+        assert await other.agent_states() == expected
+    finally:
+        await other.close()

@@ -83,6 +83,14 @@ def operations(store: Store) -> dict[str, Callable[[], Awaitable[Any]]]:
         "get_run": lambda: store.get_run(TENANT, "r1"),
         "acquire_lease": lambda: store.acquire_lease(TENANT, "s1", "me", 5.0),
         "expire_sessions": lambda: store.expire_sessions(0.0),
+        "read_run_events": lambda: store.read_run_events(TENANT, "s1", "r1"),
+        "claim_run": lambda: store.claim_run(TENANT, "r1", "me", 5.0),
+        "renew_ownership": lambda: store.renew_ownership("me", 5.0),
+        "claimable_runs": lambda: store.claimable_runs(include_interrupted=True),
+        "claim_idempotency_key": lambda: store.claim_idempotency_key(
+            TENANT, "submit", "k", "f", "v", 5.0),
+        "set_agent_state": lambda: store.set_agent_state("*", "helper", "paused"),
+        "agent_states": store.agent_states,
     }
 
 

@@ -85,13 +85,36 @@ async def test_key_layout(store: RedisStore, raw: aioredis.Redis, prefix: str) -
         "acme:idx:a:bot",
         "acme:idx:u:u1",
         "acme:lease:s1",
+        "%ownl:me",  # the leases "me" holds, for renew_ownership
         "exp",
-        "ownl:me",  # the session leases "me" holds, renewed in one batch
     }
     assert await store.delete_session(T, "s1")
-    # The owner's index forgets a deleted session's lease at its next renewal.
-    assert await store.renew_ownership("me", 30.0) == 0
     assert await keys_of(raw, prefix) == set()
+
+
+async def test_fleet_key_layout(store: RedisStore, raw: aioredis.Redis, prefix: str) -> None:
+    await store.create_session(Session(id="s1", tenant=T, agent="bot"))
+    run = RunRecord(id="r1", session_id="s1", tenant=T, agent="bot", status="running",
+                    owner="me", lease_expires_at=time.time() + 30)
+    await store.append(T, "s1", [Event(type="message", run_id="r1")], 0, run=run)
+    await store.acquire_lease(T, "s1", "me", 30.0)
+    await store.claim_idempotency_key(T, "submit", "k", "f", "v", 30.0)
+    await store.set_agent_state("*", "bot", "paused")
+    assert await keys_of(raw, prefix) >= {
+        "acme:re:s1", "acme:ik:submit:k", "claim", "%own:me", "%ownl:me", "agents",
+    }
+    assert await store.delete_session(T, "s1")
+    assert await keys_of(raw, prefix) == {"acme:ik:submit:k", "agents"}
+    # A run written before ownership (no o, le, at, er, ru beside j) is claimed from j.
+    await store.create_session(Session(id="s2", tenant=T, agent="bot"))
+    await store.put_run(RunRecord(id="r2", session_id="s2", tenant=T, agent="bot", attempt=3,
+                                  status="interrupted"))
+    await raw.hdel(f"{prefix}{T}:r:r2", "o", "le", "at", "er", "ru")
+    claimed = await store.claim_run(T, "r2", "me", 30.0)
+    assert claimed is not None and (claimed.attempt, claimed.owner) == (4, "me")
+    assert (await store.get_run(T, "r2")).status == "running"
+    assert [r.id for r in await store.list_runs(T, status="running")] == ["r2"]
+    assert await store.list_runs(T, status="interrupted") == []
 
 
 async def test_tenants_cannot_forge_each_others_keys(
@@ -111,9 +134,9 @@ async def test_native_ttl_on_every_key_of_the_session(
     expires_at = time.time() + 3600.25
     await store.create_session(Session(id="s1", tenant=T, agent="bot", expires_at=expires_at))
     run = RunRecord(id="r1", session_id="s1", tenant=T, agent="bot")
-    await store.append(T, "s1", [Event(type="message")], 0, run=run)
+    await store.append(T, "s1", [Event(type="message", run_id="r1")], 0, run=run)
     await store.patch_state(T, "s1", {"k": 1})
-    for key in ("s:s1", "e:s1", "sr:s1", "r:r1"):
+    for key in ("s:s1", "e:s1", "sr:s1", "r:r1", "re:s1"):
         assert await raw.pexpiretime(f"{prefix}{T}:{key}") == math.ceil(expires_at * 1000), key
     for key in ("idx:all", "runs", "exp"):  # shared indexes never expire
         assert await raw.pexpiretime(f"{prefix}{key if key == 'exp' else T + ':' + key}") == -1
@@ -288,11 +311,12 @@ async def test_usage_summary_reads_runs_written_before_the_usage_fields(
                                   usage=Usage(input_tokens=4, output_tokens=2, cost=0.5)))
     # What the previous release wrote: j (without model), st and sid only.
     key = f"{prefix}{T}:r:r1"
-    assert set(await raw.hgetall(key)) == {b"j", b"st", b"sid", b"a", b"m", b"us"}
+    assert set(await raw.hgetall(key)) == {b"j", b"st", b"sid", b"a", b"m", b"us", b"o",
+                                           b"le", b"at", b"er", b"ru"}
     old = msgspec.json.decode(await raw.hget(key, "j") or b"")
     del old["model"]
     await raw.hset(key, "j", msgspec.json.encode(old))
-    await raw.hdel(key, "a", "m", "us")
+    await raw.hdel(key, "a", "m", "us", "o", "le", "at", "er", "ru")
     assert (await store.get_run(T, "r1")).model == ""
     assert await store.usage_summary(T) == [
         UsageTotals(key={"agent": "a", "model": ""}, runs=1, input_tokens=4, output_tokens=2,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Collection, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -22,29 +22,26 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from roost.errors import RoostError
 from roost.observability import tracing
 from roost.observability.metrics import Metrics
-from roost.sessions.records import Event, Page, RunRecord, Session
-from roost.sessions.store import CLAIMABLE_STATUSES, Store
-from roost.sessions.usage import UsageTotals
+from roost.sessions.store import Store
+from roost.sessions.wrapper import StoreWrapper
 
 T = TypeVar("T")
 
 _DB_SYSTEM = {"postgres": "postgresql", "sqlite": "sqlite", "redis": "redis", "memory": "memory"}
 
 
-class InstrumentedStore:
-    """A `Store` that measures the `Store` it wraps. Build it with `Observability.instrument_store`."""
+class InstrumentedStore(StoreWrapper):
+    """A `Store` that measures the `Store` it wraps. Build it with `Observability.instrument_store`.
+
+    `StoreWrapper` forwards every protocol method through `_call`, which this class times
+    and traces: a method added to the protocol is measured without a change here.
+    """
 
     def __init__(self, inner: Store, *, metrics: Metrics | None, tracer: trace.Tracer | None):
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self._m = metrics
         self._spans = tracing.span_starter(tracer)
         self._db_system = _DB_SYSTEM.get(self.backend, self.backend)
-
-    def __getattr__(self, name: str) -> Any:
-        # Backend-specific extras (and methods added to the protocol later) still work,
-        # uninstrumented; tests/observability pin that every protocol method is wrapped.
-        return getattr(self.inner, name)
 
     async def _call(self, operation: str, awaitable: Awaitable[T]) -> T:
         span = ctx_token = None
@@ -83,118 +80,3 @@ class InstrumentedStore:
                         span.set_status(Status(StatusCode.ERROR))
                 span.end()
                 tracing.detach(ctx_token)
-
-    async def open(self) -> None:
-        await self._call("open", self.inner.open())
-
-    async def close(self) -> None:
-        await self._call("close", self.inner.close())
-
-    async def ping(self) -> None:
-        await self._call("ping", self.inner.ping())
-
-    async def create_session(self, session: Session) -> Session:
-        return await self._call("create_session", self.inner.create_session(session))
-
-    async def get_session(self, tenant: str, session_id: str) -> Session:
-        return await self._call("get_session", self.inner.get_session(tenant, session_id))
-
-    async def list_sessions(
-        self,
-        tenant: str,
-        *,
-        agent: str | None = None,
-        user_id: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> Page:
-        return await self._call("list_sessions", self.inner.list_sessions(
-            tenant, agent=agent, user_id=user_id, cursor=cursor, limit=limit))
-
-    async def delete_session(self, tenant: str, session_id: str) -> bool:
-        return await self._call("delete_session", self.inner.delete_session(tenant, session_id))
-
-    async def patch_state(
-        self,
-        tenant: str,
-        session_id: str,
-        delta: dict[str, Any],
-        expected_version: int | None = None,
-    ) -> Session:
-        return await self._call("patch_state", self.inner.patch_state(
-            tenant, session_id, delta, expected_version))
-
-    async def append(
-        self,
-        tenant: str,
-        session_id: str,
-        events: list[Event],
-        expected_version: int,
-        run: RunRecord | None = None,
-    ) -> int:
-        return await self._call("append", self.inner.append(
-            tenant, session_id, events, expected_version, run))
-
-    async def read_events(
-        self, tenant: str, session_id: str, *, after: int = 0, limit: int = 100
-    ) -> list[Event]:
-        return await self._call("read_events", self.inner.read_events(
-            tenant, session_id, after=after, limit=limit))
-
-    async def tail_events(self, tenant: str, session_id: str, limit: int) -> list[Event]:
-        return await self._call("tail_events", self.inner.tail_events(tenant, session_id, limit))
-
-    async def put_run(self, run: RunRecord) -> None:
-        await self._call("put_run", self.inner.put_run(run))
-
-    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
-        return await self._call("get_run", self.inner.get_run(tenant, run_id))
-
-    async def list_runs(
-        self,
-        tenant: str,
-        *,
-        session_id: str | None = None,
-        status: str | None = None,
-        agent: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-    ) -> list[RunRecord]:
-        return await self._call("list_runs", self.inner.list_runs(
-            tenant, session_id=session_id, status=status, agent=agent, since=since,
-            until=until, limit=limit))
-
-    async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
-        return await self._call("acquire_lease", self.inner.acquire_lease(
-            tenant, session_id, owner, ttl_s))
-
-    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
-        return await self._call("claim_run", self.inner.claim_run(
-            tenant, run_id, owner, ttl_s, statuses=statuses))
-
-    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
-        return await self._call("renew_ownership", self.inner.renew_ownership(owner, ttl_s))
-
-    async def claimable_runs(self, *, include_interrupted: bool = False,
-                             limit: int = 100) -> list[RunRecord]:
-        return await self._call("claimable_runs", self.inner.claimable_runs(
-            include_interrupted=include_interrupted, limit=limit))
-
-    async def release_lease(self, tenant: str, session_id: str, owner: str) -> None:
-        await self._call("release_lease", self.inner.release_lease(tenant, session_id, owner))
-
-    async def expire_sessions(self, now: float) -> int:
-        return await self._call("expire_sessions", self.inner.expire_sessions(now))
-
-    async def usage_summary(
-        self,
-        tenant: str,
-        *,
-        group_by: Sequence[str] = ("agent", "model"),
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[UsageTotals]:
-        return await self._call("usage_summary", self.inner.usage_summary(
-            tenant, group_by=group_by, since=since, until=until))

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from roost.bus import FleetBus
 from roost.engine.compaction import CompactionPolicy, compact
 from roost.engine.run import RunContext, Runner
 from roost.errors import RoostError
 from roost.models.base import Message
 from roost.runtime.agents import HostedAgent
+from roost.runtime.follow import publish_events
 from roost.runtime.handle import RunHandle
 from roost.runtime.live_session import LiveSession
 from roost.sessions.records import Event, now
@@ -20,6 +23,18 @@ if TYPE_CHECKING:
     from roost.runtime.runtime import Runtime
 
 log = logging.getLogger("roost.runtime")
+
+
+def _fleet_emitter(local: Callable[[Event], None], bus: FleetBus,
+                   run_id: str) -> Callable[[Event], None]:
+    """Emit to this process's readers and, for followers on other instances, to the bus.
+    Token deltas stay local: they are many, never persisted, and a follower elsewhere gets
+    each message whole."""
+    def emit(event: Event) -> None:
+        local(event)
+        if event.type != "message.delta":
+            publish_events(bus, run_id, (event,))
+    return emit
 
 
 class Executor:
@@ -32,9 +47,12 @@ class Executor:
         agent = hosted.agent
         messages = ([hosted.system] if hosted.system else []) + (
             resume_messages if resume_messages is not None else live.history)
+        emit: Callable[[Event], None] = handle.channel.publish
+        if rt.shared:
+            emit = _fleet_emitter(emit, rt.bus, handle.run.id)
         ctx = RunContext(agent=agent, model=hosted.model, tools=hosted.tools,
                          tool_specs=hosted.tool_specs, session=live, run=handle.run,
-                         messages=messages, deadline=deadline, emit=handle.channel.publish,
+                         messages=messages, deadline=deadline, emit=emit,
                          stream=handle.stream, hooks=rt.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
                          artifacts=rt.artifacts)

@@ -40,7 +40,7 @@ publish per batch the engine emits (often a single event); a bare JSON object is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -83,7 +83,7 @@ async def follow_run(
     after_seq: int = 0,
     idle_s: float | None = None,
     is_terminal: Callable[[Event], bool],
-) -> AsyncIterator[list[Event]]:
+) -> AsyncGenerator[list[Event], None]:
     """Yield the run's events after `after_seq` in batches: see the module docstring.
 
     `read_after(seq)` returns persisted events with seq > `seq` (in any order, possibly

@@ -22,12 +22,14 @@ the methods below.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 from roost.agent import Agent
+from roost.bus import FleetBus, open_bus
 from roost.config import Settings
 from roost.engine.hooks import NO_HOOKS, EngineHooks
 from roost.errors import Conflict, RoostError, SessionNotFound, StoreUnavailable, Unavailable
@@ -36,7 +38,9 @@ from roost.runtime.adaptive import AdaptiveConfig, watch_loop
 from roost.runtime.admission import AdmissionController, Priority, Slot
 from roost.runtime.agents import AgentTable, AgentUnavailable, HostedAgent
 from roost.runtime.cache import SessionCache
+from roost.runtime.control import FLEET, Control, instance_channel
 from roost.runtime.execution import Executor
+from roost.runtime.follow import follow_run, run_channel
 from roost.runtime.handle import RunHandle, new_id
 from roost.runtime.lanes import SessionLanes
 from roost.runtime.limits import admission_limits
@@ -55,6 +59,8 @@ __all__ = ["AgentUnavailable", "HostedAgent", "RunHandle", "Runtime", "new_id"]
 log = logging.getLogger("roost.runtime")
 
 SHARED_BACKENDS = frozenset({"postgres", "redis"})
+#: the events after which a run's stream ends
+RUN_END_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
 
 
 class Runtime:
@@ -87,6 +93,9 @@ class Runtime:
         self.executor = Executor(self)
         self.recovery = Recovery(self)
         self.leases = SessionLeases(self)
+        # Events and control across the instances sharing the store (in process otherwise).
+        self.bus: FleetBus = open_bus(self.settings.store.url, **self.settings.store.options)
+        self.control = Control(self, self.bus)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._store_down_until = 0.0
         for agent in agents:
@@ -102,15 +111,21 @@ class Runtime:
         await self.store.open()
         await self.artifacts.open()
         self.shared = self.store.backend in SHARED_BACKENDS
+        await self.bus.open()
         for hosted in self.agents.values():
             if hosted.state == "created":
                 self.agents.set_state(hosted, "running")
+        # Lifecycle changes made through any instance survive restarts: apply the stored ones.
+        await self.reload_agent_states()
+        self.control.on_gap = self.reload_agent_states
         self.started = True
         self.spawn(self._sweep_forever(), name="roost-ttl-sweeper")
         # The event loop's load, sampled: admin stats, and the adaptive admission limit.
         interval = (self.admission.limits.adaptive or AdaptiveConfig()).interval_s
         self.spawn(watch_loop(interval, self.admission.on_load), name="roost-loop-load")
         self.spawn(self.recovery.settle_forever(), name="roost-settle")
+        for channel in (instance_channel(self.instance_id), FLEET):
+            self.spawn(self.control.listen(channel), name=f"roost-control-{channel}")
         # Renewal keeps this instance's runs and sessions owned; takeover adopts the runs of
         # instances that died (and, with auto_resume, runs a shutdown interrupted).
         self.spawn(self.leases.renew_forever(), name="roost-ownership-renewal")
@@ -140,6 +155,7 @@ class Runtime:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.models.aclose()
+        await self.bus.close()
         await self.artifacts.close()
         await self.store.close()
 
@@ -175,10 +191,43 @@ class Runtime:
     def hosted(self, name: str) -> HostedAgent:
         return self.agents.hosted(name)
 
-    def set_agent_state(self, name: str, action: str) -> HostedAgent:
+    async def change_agent_state(self, name: str, action: str) -> HostedAgent:
+        """`pause`, `resume`, `stop` or `start` an agent for the whole fleet: stored first
+        (it survives restarts), applied here, then announced to every instance."""
         hosted = self.agents.hosted(name)
-        self.agents.set_state(hosted, self.agents.target_state(name, action))
+        state = self.agents.target_state(name, action)
+        await self.store.set_agent_state("*", name, state)
+        self.apply_agent_state(name, state)
+        self.control.announce_agent_state("*", name, state)
         return hosted
+
+    def set_agent_state(self, name: str, action: str) -> HostedAgent:
+        """The same change on this instance alone, not stored (an embedded runtime, tests)."""
+        hosted = self.agents.hosted(name)
+        self.apply_agent_state(name, self.agents.target_state(name, action))
+        return hosted
+
+    async def reload_agent_states(self) -> None:
+        """Apply the lifecycle states the store holds (at start, and after a bus gap)."""
+        try:
+            states = await self.store.agent_states()
+        except RoostError as exc:
+            log.warning("cannot read the agents' stored states: %s", exc)
+            return
+        for (scope, name), state in states.items():
+            if scope == "*":
+                self.apply_agent_state(name, state)
+
+    def apply_agent_state(self, name: str, state: str) -> None:
+        """Apply a lifecycle state here (from this instance or another). `stopped` cancels
+        the agent's runs in flight on this instance."""
+        hosted = self.agents.get(name)
+        if hosted is None or not self.agents.set_state(hosted, state):
+            return
+        if state == "stopped":
+            for handle in list(self.runs.values()):
+                if handle.run.agent == name:
+                    handle.cancel("agent_stopped")
 
     # -- sessions ----------------------------------------------------------------------
     async def create_session(self, tenant: str, agent: str, *, user_id: str | None = None,
@@ -255,17 +304,9 @@ class Runtime:
     async def read_run_events(self, tenant: str, run: RunRecord, *, after: int = 0,
                               limit: int = 1000) -> list[Event]:
         """A run's persisted events after seq `after`, oldest first, at most `limit` —
-        wherever the run sits in its session's log (pages through the log after `after`)."""
-        found: list[Event] = []
-        page = 1000
-        while len(found) < limit:
-            events = await self.store.read_events(tenant, run.session_id, after=after,
-                                                  limit=page)
-            found.extend(e for e in events if e.run_id == run.id)
-            if len(events) < page:
-                break
-            after = events[-1].seq
-        return found[:limit]
+        read by run (an index), wherever the run sits in its session's log."""
+        return await self.store.read_run_events(tenant, run.session_id, run.id, after=after,
+                                                limit=limit)
 
     def replay_of(self, run: RunRecord) -> Callable[[int], Awaitable[list[Event]]]:
         """Reads `run`'s persisted events after a seq: how a lagging follower catches up."""
@@ -276,15 +317,40 @@ class Runtime:
     async def usage_summary(self, tenant: str, **query: Any) -> list[UsageTotals]:
         return await self.store.usage_summary(tenant, **query)
 
-    async def cancel_run(self, tenant: str, run_id: str) -> RunRecord:
+    async def cancel_run(self, tenant: str, run_id: str, *,
+                         wait_s: float = 10.0) -> RunRecord:
+        """Cancel a run wherever it runs: here, or through the bus on its owner; returns its
+        record once it ended (or as it stands after `wait_s`)."""
         handle = self.live_run(tenant, run_id)
-        if handle is None:
-            run = await self.store.get_run(tenant, run_id)
-            if run.status in TERMINAL_STATUSES:
-                return run
-            raise Conflict(f"run {run_id} is not active on this instance", run_id=run_id)
-        handle.cancel("user")
-        return await handle.wait()
+        if handle is not None:
+            handle.cancel("user")
+            return await handle.wait()
+        run = await self.store.get_run(tenant, run_id)
+        if run.status in TERMINAL_STATUSES:
+            return run
+        if run.owner is None:
+            raise Conflict(f"run {run_id} has no live owner to cancel it", run_id=run_id)
+        self.control.cancel_remote(run.owner, tenant, run_id, "user")
+        return await self.wait_for_end(tenant, run_id, wait_s)
+
+    async def wait_for_end(self, tenant: str, run_id: str, wait_s: float) -> RunRecord:
+        """The run's record once it ended, following its events on the bus."""
+        run = await self.store.get_run(tenant, run_id)
+        if run.status in TERMINAL_STATUSES:
+            return run
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_s):
+                async for _ in self.follow(run):
+                    pass
+        return await self.store.get_run(tenant, run_id)
+
+    def follow(self, run: RunRecord, *, after_seq: int = 0,
+               idle_s: float | None = None) -> AsyncGenerator[list[Event], None]:
+        """A run's events from any instance: persisted after `after_seq`, then live, to its
+        end (batches; [] after `idle_s` without an event)."""
+        return follow_run(self.bus, run_channel(run.id), self.replay_of(run), after_seq=after_seq,
+                          idle_s=idle_s,
+                          is_terminal=lambda e: e.type in RUN_END_EVENTS and e.run_id == run.id)
 
     async def resume_run(self, tenant: str, run_id: str) -> RunHandle:
         """Continue an interrupted run from its log (see `recovery.py`)."""

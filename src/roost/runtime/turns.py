@@ -78,14 +78,18 @@ class Turns:
         except BaseException:
             slot.release()
             raise
-        if rt.shared and lane_wait is None and hosted.agent.policies.double_texting == "reject":
-            # Across instances `reject` answers now, like the lane does in one process: a
-            # busy session is a 409 with nothing stored, not a failed run.
+        policy = hosted.agent.policies.double_texting
+        if rt.shared and lane_wait is None and policy in ("reject", "interrupt"):
+            # Across instances these policies act now, like the lane does in one process:
+            # `reject` answers 409 with nothing stored; `interrupt` asks the owner of the
+            # session's active run to stop it, then waits for the session.
             try:
                 handle.leased = await rt.leases.try_take(tenant, session_id)
-                if not handle.leased:
+                if not handle.leased and policy == "reject":
                     raise SessionBusy("the session has an active run on another instance",
                                       session_id=session_id)
+                if not handle.leased:
+                    await self._interrupt_elsewhere(tenant, session_id)
             except BaseException:
                 rt.lanes.leave((tenant, session_id), handle)
                 slot.release()
@@ -95,6 +99,13 @@ class Turns:
         handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
                                            loop.time() + timeout), name=f"run-{run.id}")
         return handle
+
+    async def _interrupt_elsewhere(self, tenant: str, session_id: str) -> None:
+        rt = self.runtime
+        for run in await rt.store.list_runs(tenant, session_id=session_id, status="running",
+                                            limit=10):
+            if run.owner is not None and run.owner != rt.instance_id:
+                rt.control.cancel_remote(run.owner, tenant, run.id, "interrupt")
 
     async def _drive(self, handle: RunHandle, hosted: HostedAgent, live: LiveSession,
                      slot: Slot, lane_wait: asyncio.Future[None] | None, deadline: float) -> None:

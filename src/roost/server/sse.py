@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import msgspec
 from starlette.responses import Response
@@ -109,6 +109,39 @@ class RunEventStream(Response):
                                 "body": b"".join(frame(e) for e in events), "more_body": True})
                 if run.status in TERMINAL_STATUSES and self.handle.done.done():
                     return
+
+
+class FollowerStream(Response):
+    """ASGI response streaming batches of a run driven by another instance (or already
+    ended): `Runtime.follow`'s persisted events, then the live tail, to the run's end."""
+
+    def __init__(self, batches: AsyncGenerator[list[Event], None],
+                 headers: dict[str, str] | None = None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.batches = batches
+        self.raw_headers = HEADERS + [(k.lower().encode(), v.encode())
+                                      for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        writer = asyncio.ensure_future(self._write(send))
+        listener = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            await asyncio.gather(writer, listener, return_exceptions=True)
+        if writer in done and not writer.cancelled() and writer.exception() is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> None:
+        async with contextlib.aclosing(self.batches) as batches:
+            async for batch in batches:
+                body = b"".join(frame(e) for e in batch) if batch else b": heartbeat\n\n"
+                await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 _HEARTBEAT = {"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True}

@@ -1,17 +1,32 @@
-"""Sessions: records, the Store protocol, and its backends selected by URL."""
+"""Sessions: records, the store contracts (`SessionLog`, `RunStore`, `LeaseStore`, and
+`Store`, all three), `StoreWrapper` to build wrappers on, and the backends selected by URL."""
 
 from __future__ import annotations
 
-from roost.sessions.records import DEFAULT_TENANT, Event, Page, RunRecord, Session, Usage
-from roost.sessions.store import Store
+from roost.sessions.records import (
+    DEFAULT_TENANT,
+    Event,
+    IdempotencyRecord,
+    Page,
+    RunRecord,
+    Session,
+    Usage,
+)
+from roost.sessions.store import LeaseStore, RunStore, SessionLog, Store
+from roost.sessions.wrapper import StoreWrapper
 
 __all__ = [
     "DEFAULT_TENANT",
     "Event",
+    "IdempotencyRecord",
+    "LeaseStore",
     "Page",
     "RunRecord",
+    "RunStore",
     "Session",
+    "SessionLog",
     "Store",
+    "StoreWrapper",
     "Usage",
     "open_store",
 ]

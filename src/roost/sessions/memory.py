@@ -22,6 +22,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from roost.errors import (
     ConfigError,
     Conflict,
@@ -32,7 +34,16 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import OWNED_STATUSES, Event, Page, RunRecord, Session, now
+from roost.sessions.records import (
+    TERMINAL_STATUSES,
+    Event,
+    IdempotencyRecord,
+    Page,
+    RunRecord,
+    Session,
+    kept_lease,
+    now,
+)
 from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
@@ -44,6 +55,8 @@ class _Entry:
     session: Session
     events: list[Event] = field(default_factory=list)
     run_ids: set[str] = field(default_factory=set)
+    # The log again, by run: read_run_events never scans the session's whole log.
+    run_events: dict[str, list[Event]] = field(default_factory=dict)
     lease_owner: str | None = None
     lease_expires_at: float = 0.0  # time.time() seconds
 
@@ -61,6 +74,8 @@ class MemoryStore:
             )
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._runs: dict[tuple[str, str], RunRecord] = {}
+        self._idempotency: dict[tuple[str, str, str], IdempotencyRecord] = {}
+        self._agent_states: dict[tuple[str, str], str] = {}
         self._open = False
 
     # -- lifecycle --------------------------------------------------------------
@@ -160,6 +175,9 @@ class MemoryStore:
         for offset, event in enumerate(copies):
             event.seq = first + offset
         entry.events.extend(copies)
+        for event in copies:
+            if event.run_id is not None:
+                entry.run_events.setdefault(event.run_id, []).append(event)
         session.last_seq += len(copies)
         session.version += 1
         session.updated_at = now()
@@ -183,6 +201,15 @@ class MemoryStore:
         await self._enter()
         events = self._entry(tenant, session_id).events
         return [_copy_event(e) for e in events[max(0, len(events) - limit) :]] if limit else []
+
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        await self._enter()
+        events = self._entry(tenant, session_id).run_events.get(run_id, [])
+        start = bisect.bisect_right(events, after, key=_seq)
+        return [_copy_event(e) for e in events[start : start + limit]]
 
     # -- runs -------------------------------------------------------------------
     async def put_run(self, run: RunRecord) -> None:
@@ -239,6 +266,59 @@ class MemoryStore:
                            created_at=r.created_at, usage=r.usage)
         return summer.totals()
 
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        _check_ttl(ttl_s)
+        await self._enter()
+        # No await from here on: the check and the claim are one step.
+        run = self._runs.get((tenant, run_id))
+        if run is None:
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        clock = time.time()
+        if run.status not in statuses or _live(run, clock):
+            return None
+        run.owner, run.lease_expires_at = owner, clock + ttl_s
+        run.status, run.error, run.updated_at = "running", None, clock
+        run.attempt += 1
+        return _copy_run(run, run.tenant, run.session_id)
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        _check_ttl(ttl_s)
+        await self._enter()
+        clock = time.time()
+        renewed = 0
+        # A scan: fine for tests and small dev servers.
+        for run in self._runs.values():
+            if run.owner == owner and run.status not in TERMINAL_STATUSES:
+                run.lease_expires_at = clock + ttl_s
+                renewed += 1
+        for entry in self._entries.values():
+            if entry.lease_owner == owner and entry.lease_expires_at > clock:
+                entry.lease_expires_at = clock + ttl_s
+        return renewed
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        await self._enter()
+        clock = time.time()
+        found = [
+            r for r in self._runs.values()
+            if (r.status in ("queued", "running") and r.lease_expires_at is not None
+                and r.lease_expires_at <= clock)
+            or (include_interrupted and r.status == "interrupted" and not _live(r, clock))
+        ]
+        found.sort(key=lambda r: (r.lease_expires_at or 0.0, r.tenant, r.id))
+        return [_copy_run(r, r.tenant, r.session_id) for r in found[:limit]]
+
     def _tenant_runs(self, tenant: str, session_id: str | None) -> list[RunRecord]:
         # A scan of the tenant's runs: fine for tests and small dev servers.
         if session_id is not None:
@@ -247,43 +327,6 @@ class MemoryStore:
         return [r for (t, _), r in self._runs.items() if t == tenant]
 
     # -- leases -----------------------------------------------------------------
-    # -- run ownership ----------------------------------------------------------
-    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
-        await self._enter()
-        run = self._runs.get((tenant, run_id))
-        if run is None:
-            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-        clock = time.time()
-        if run.status not in statuses or (
-                run.owner is not None and (run.lease_expires_at or 0.0) > clock):
-            return None
-        run.owner, run.lease_expires_at = owner, clock + ttl_s
-        run.status, run.error, run.updated_at = "running", None, clock
-        run.attempt += 1
-        return _copy_run(run, run.tenant, run.session_id)
-
-    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
-        await self._enter()
-        until = time.time() + ttl_s
-        renewed = 0
-        for run in self._runs.values():
-            if run.owner == owner and run.status in OWNED_STATUSES:
-                run.lease_expires_at = until
-                renewed += 1
-        for entry in self._entries.values():
-            if entry.lease_owner == owner:
-                entry.lease_expires_at = until
-        return renewed
-
-    async def claimable_runs(self, *, include_interrupted: bool = False,
-                             limit: int = 100) -> list[RunRecord]:
-        await self._enter()
-        clock = time.time()
-        found = [r for r in self._runs.values() if _claimable(r, clock, include_interrupted)]
-        found.sort(key=lambda r: (r.lease_expires_at or 0.0, r.id))
-        return [_copy_run(r, r.tenant, r.session_id) for r in found[:limit]]
-
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         if not ttl_s > 0:
             raise InvalidInput("lease ttl_s must be positive", field="ttl_s")
@@ -302,9 +345,34 @@ class MemoryStore:
         if entry is not None and entry.lease_owner == owner:
             entry.lease_owner, entry.lease_expires_at = None, 0.0
 
+    # -- idempotency and agent states --------------------------------------------
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        _check_ttl(ttl_s)
+        await self._enter()
+        clock = time.time()
+        existing = self._idempotency.get((tenant, scope, key))
+        if existing is not None and existing.expires_at > clock:
+            return False, msgspec.structs.replace(existing)
+        record = IdempotencyRecord(fingerprint=fingerprint, value=value, created_at=clock,
+                                   expires_at=clock + ttl_s)
+        self._idempotency[(tenant, scope, key)] = record
+        return True, msgspec.structs.replace(record)
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        await self._enter()
+        self._agent_states[(scope, agent)] = state
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        await self._enter()
+        return dict(self._agent_states)
+
     # -- maintenance ------------------------------------------------------------
     async def expire_sessions(self, now: float) -> int:
         await self._enter()
+        for key in [k for k, r in self._idempotency.items() if r.expires_at <= now]:
+            del self._idempotency[key]
         expired = [
             key
             for key, e in self._entries.items()
@@ -343,8 +411,20 @@ class MemoryStore:
             old = self._entries.get((run.tenant, previous.session_id))
             if old is not None:
                 old.run_ids.discard(run.id)
+        if previous is not None:
+            run.lease_expires_at = kept_lease(previous, run)
         self._runs[key] = run
         self._entries[(run.tenant, run.session_id)].run_ids.add(run.id)
+
+
+def _live(run: RunRecord, clock: float) -> bool:
+    return run.owner is not None and run.lease_expires_at is not None and (
+        run.lease_expires_at > clock)
+
+
+def _check_ttl(ttl_s: float) -> None:
+    if not ttl_s > 0:
+        raise InvalidInput("ttl_s must be positive", field="ttl_s")
 
 
 def _seq(event: Event) -> int:
@@ -374,13 +454,6 @@ def _copy_session(session: Session) -> Session:
 
 def _copy_event(event: Event) -> Event:
     return codec.decode_event(codec.encode(event))
-
-
-def _claimable(run: RunRecord, clock: float, include_interrupted: bool) -> bool:
-    if run.status in OWNED_STATUSES:
-        return run.lease_expires_at is not None and run.lease_expires_at <= clock
-    return include_interrupted and run.status == "interrupted" and (
-        run.owner is None or (run.lease_expires_at or 0.0) <= clock)
 
 
 def _copy_run(run: RunRecord, tenant: str, session_id: str) -> RunRecord:

@@ -3,7 +3,8 @@
     >>> store = PostgresStore("postgresql://roost@db:5432/roost", schema="roost")
     >>> await store.open()      # creates the pool and applies pending migrations
 
-Layout (see `migrations/`): `sessions`, `events`, `runs` and `leases` tables in one schema,
+Layout (see `migrations/`): `sessions`, `events`, `runs` and `leases` tables, and (0003)
+`idempotency_keys` and `agent_states`, in one schema,
 every statement fully qualified with it (no reliance on `search_path`, which a connection
 pooler may not preserve). JSON columns are `jsonb`, encoded and decoded by msgspec in
 asyncpg's binary format; timestamps are float8 epoch seconds, exact round trip.
@@ -16,7 +17,10 @@ Two clocks are in play, deliberately:
 * session and run timestamps (`created_at`, `expires_at`, the `now` given to
   `expire_sessions`) are the caller's, as the records carry them;
 * leases use the *database* clock (`clock_timestamp()`): processes with skewed clocks still
-  agree on who holds a lease, because only one clock decides.
+  agree on who holds a lease, because only one clock decides. So do run ownership
+  (`claim_run`, `renew_ownership`, `claimable_runs`: one statement each) and idempotency
+  records. A run record written by a caller carries the lease it was given, and an upsert
+  never shortens its owner's lease (`records.kept_lease`).
 
 Outages: every driver error that means "cannot reach the database" (refused, reset, closed
 mid-query, connect/acquire/command timeout, too many connections, shutting down) becomes
@@ -54,7 +58,15 @@ from roost.sessions.migrate import (
     quote_ident,
     url_errors,
 )
-from roost.sessions.records import Event, Page, RunRecord, Session, Usage
+from roost.sessions.records import (
+    TERMINAL_STATUSES,
+    Event,
+    IdempotencyRecord,
+    Page,
+    RunRecord,
+    Session,
+    Usage,
+)
 from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
@@ -233,9 +245,9 @@ class _Queries:
         )
         self.append = append + outcome
         self.append_with_run = (
-            f"{append}, r AS (INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24"
-            " FROM s"
+            f"{append}, r AS (INSERT INTO {s}.runs AS cur (tenant, {_RUN_COLUMNS})"
+            " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,"
+            " $23, $24 FROM s"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})" + outcome
         )
         self.read_events = (
@@ -249,36 +261,13 @@ class _Queries:
         # A run (and a lease) needs its session. FOR KEY SHARE holds off a concurrent
         # delete_session until we commit (or makes us see its delete), so neither is orphaned.
         self.put_run = (
-            f"INSERT INTO {s}.runs (tenant, {_RUN_COLUMNS})"
+            f"INSERT INTO {s}.runs AS cur (tenant, {_RUN_COLUMNS})"
             " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16"
             f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
             "  WHERE tenant = $1 AND id = $3 FOR KEY SHARE)"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()} RETURNING 1"
         )
         self.get_run = f"SELECT {_RUN_COLUMNS} FROM {s}.runs WHERE tenant = $1 AND id = $2"
-        # Ownership is decided on the database clock, like the session leases.
-        clock = "extract(epoch FROM clock_timestamp())"
-        self.claim_run = (
-            f"UPDATE {s}.runs SET owner = $3, lease_expires_at = {clock} + $4,"
-            f" status = 'running', error = NULL, attempt = attempt + 1, updated_at = {clock}"
-            " WHERE tenant = $1 AND id = $2 AND status = ANY($5::text[])"
-            f" AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {clock})"
-            f" RETURNING {_RUN_COLUMNS}"
-        )
-        self.run_exists = f"SELECT 1 FROM {s}.runs WHERE tenant = $1 AND id = $2"
-        self.renew_ownership = (
-            f"WITH l AS (UPDATE {s}.leases SET expires_at = {clock} + $2 WHERE owner = $1)"
-            f" UPDATE {s}.runs SET lease_expires_at = {clock} + $2"
-            " WHERE owner = $1 AND status IN ('queued', 'running')"
-        )
-        self.claimable_runs = (
-            f"SELECT tenant, {_RUN_COLUMNS} FROM {s}.runs"
-            " WHERE status IN ('queued', 'running', 'interrupted')"
-            f" AND (lease_expires_at <= {clock}"
-            "  OR ($1 AND status = 'interrupted' AND lease_expires_at IS NULL))"
-            " AND (status <> 'interrupted' OR $1)"
-            " ORDER BY lease_expires_at NULLS FIRST LIMIT $2"
-        )
         # A lease row is taken over when it is ours already or has expired, on the database
         # clock. ON CONFLICT ... WHERE makes the check and the write one atomic step.
         self.acquire_lease = (
@@ -312,6 +301,70 @@ class _Queries:
             f" DELETE FROM {s}.leases x USING {doomed}"
             " WHERE x.tenant = d.tenant AND x.session_id = d.id"
         )
+        self.read_run_events = (
+            f"SELECT {_EVENT_COLUMNS} FROM {s}.events WHERE tenant = $1 AND session_id = $2"
+            " AND run_id = $3 AND seq > $4 ORDER BY seq LIMIT $5"
+        )
+        # -- the fleet: every lease below is on the database clock ----------------------
+        clock = "extract(epoch FROM clock_timestamp())"
+        # One statement: the row lock serialises claimants, and a claimant that waited
+        # re-checks the WHERE against the winner's row (READ COMMITTED), so one wins.
+        self.claim_run = (
+            f"UPDATE {s}.runs SET owner = $3, lease_expires_at = {clock} + $4,"
+            f" status = 'running', attempt = attempt + 1, error = NULL, updated_at = {clock}"
+            " WHERE tenant = $1 AND id = $2 AND status = ANY($5::text[])"
+            f" AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= {clock})"
+            f" RETURNING {_RUN_COLUMNS}"
+        )
+        self.run_exists = f"SELECT 1 FROM {s}.runs WHERE tenant = $1 AND id = $2"
+        # Both renewals in one round trip; runs_by_owner and leases_by_owner find the rows.
+        self.renew_ownership = (
+            f"WITH l AS (UPDATE {s}.leases SET expires_at = {clock} + $2"
+            f"  WHERE owner = $1 AND expires_at > {clock}),"
+            f" r AS (UPDATE {s}.runs SET lease_expires_at = {clock} + $2"
+            "  WHERE owner = $1 AND status <> ALL($3::text[]) RETURNING 1)"
+            " SELECT count(*) FROM r"
+        )
+        # Each arm walks its partial index (runs_by_lease, runs_interrupted) in lease order
+        # and stops at the limit; the literals match the indexes' predicates.
+        run_columns = ", ".join(f"x.{c.strip()}" for c in _RUN_COLUMNS.split(","))
+        self.claimable_runs = (
+            f"(SELECT x.tenant, {run_columns} FROM {s}.runs x"
+            " WHERE x.status IN ('queued', 'running') AND x.lease_expires_at IS NOT NULL"
+            f" AND x.lease_expires_at <= {clock} ORDER BY x.lease_expires_at LIMIT $1)"
+            " UNION ALL"
+            f" (SELECT x.tenant, {run_columns} FROM {s}.runs x"
+            " WHERE $2 AND x.status = 'interrupted' AND (x.owner IS NULL"
+            f" OR x.lease_expires_at IS NULL OR x.lease_expires_at <= {clock})"
+            " ORDER BY x.lease_expires_at NULLS FIRST LIMIT $1)"
+            " ORDER BY lease_expires_at NULLS FIRST, tenant, id LIMIT $1"
+        )
+        # Put-if-absent, or take over an expired record. A conflicting insert that commits
+        # while this statement runs is locked but invisible to its snapshot: the statement
+        # then returns no row, and claim_idempotency_key asks again.
+        idem = "fingerprint, value, created_at, expires_at"
+        self.claim_idempotency_key = (
+            f"WITH i AS (INSERT INTO {s}.idempotency_keys AS k"
+            f" (tenant, scope, key, {idem})"
+            f" VALUES ($1, $2, $3, $4, $5, {clock}, {clock} + $6)"
+            " ON CONFLICT (tenant, scope, key) DO UPDATE SET fingerprint = excluded.fingerprint,"
+            " value = excluded.value, created_at = excluded.created_at,"
+            " expires_at = excluded.expires_at WHERE k.expires_at <= excluded.created_at"
+            f" RETURNING {idem})"
+            f" SELECT true, {idem} FROM i UNION ALL"
+            f" SELECT false, {idem} FROM {s}.idempotency_keys"
+            f" WHERE tenant = $1 AND scope = $2 AND key = $3 AND expires_at > {clock}"
+            " AND NOT EXISTS (SELECT FROM i)"
+        )
+        self.expire_idempotency_keys = (
+            f"DELETE FROM {s}.idempotency_keys WHERE expires_at <= $1"
+        )
+        self.set_agent_state = (
+            f"INSERT INTO {s}.agent_states (scope, agent, state, updated_at)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (scope, agent)"
+            " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at"
+        )
+        self.agent_states = f"SELECT scope, agent, state FROM {s}.agent_states"
         self.drop_schema = f"DROP SCHEMA IF EXISTS {s} CASCADE"
         self._listings: dict[tuple[bool, bool, bool], str] = {}
         self._run_listings: dict[tuple[bool, ...], str] = {}
@@ -405,8 +458,20 @@ _USAGE_GROUPS = {
 
 
 def _run_updates() -> str:
-    columns = [c.strip() for c in _RUN_COLUMNS.split(",") if c.strip() != "id"]
-    return ", ".join(f"{c} = excluded.{c}" for c in columns)
+    """The SET list of a run upsert into `runs AS cur`.
+
+    A write never shortens a lease its owner holds (see `records.kept_lease`): the runtime
+    writes the record it claimed, while `renew_ownership` has moved the stored expiry on.
+    """
+    columns = [
+        c.strip() for c in _RUN_COLUMNS.split(",") if c.strip() not in ("id", "lease_expires_at")
+    ]
+    return ", ".join(f"{c} = excluded.{c}" for c in columns) + (
+        ", lease_expires_at = CASE WHEN excluded.lease_expires_at IS NOT NULL"
+        " AND cur.owner IS NOT DISTINCT FROM excluded.owner"
+        " THEN greatest(cur.lease_expires_at, excluded.lease_expires_at)"
+        " ELSE excluded.lease_expires_at END"
+    )
 
 
 # A graceful pool close can time out or fail on connections that are already broken.
@@ -718,26 +783,6 @@ class PostgresStore:
                 f"run {run.id}: session {run.session_id} not found", session_id=run.session_id
             )
 
-    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
-        async with self._connection("claim_run") as conn:
-            row = await conn.fetchrow(self._sql.claim_run, tenant, run_id, owner, ttl_s,
-                                      list(statuses))
-            if row is None and await conn.fetchval(self._sql.run_exists, tenant, run_id) is None:
-                raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-        return None if row is None else _run(tenant, row)
-
-    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
-        async with self._connection("renew_ownership") as conn:
-            status = await conn.execute(self._sql.renew_ownership, owner, ttl_s)
-        return int(status.split()[-1])
-
-    async def claimable_runs(self, *, include_interrupted: bool = False,
-                             limit: int = 100) -> list[RunRecord]:
-        async with self._connection("claimable_runs") as conn:
-            rows = await conn.fetch(self._sql.claimable_runs, include_interrupted, limit)
-        return [_run(row[0], row[1:]) for row in rows]
-
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
         async with self._connection("get_run") as conn:
             row = await conn.fetchrow(self._sql.get_run, tenant, run_id)
@@ -810,7 +855,90 @@ class PostgresStore:
                     )
             total += len(rows)
             if len(rows) < self.expire_batch_size:
-                return total
+                break
+        async with self._connection("expire_sessions") as conn:
+            await conn.execute(self._sql.expire_idempotency_keys, now)
+        return total
+
+
+    # -- the fleet --------------------------------------------------------------
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        if limit == 0:
+            await self._require_session(tenant, session_id)
+            return []
+        async with self._connection("read_run_events") as conn:
+            rows = await conn.fetch(
+                self._sql.read_run_events, tenant, session_id, run_id, after, limit)
+            if not rows:
+                await self._require_session(tenant, session_id, conn)
+        return [_event(row) for row in rows]
+
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        _check_ttl(ttl_s)
+        async with self._connection("claim_run") as conn:
+            row = await conn.fetchrow(
+                self._sql.claim_run, tenant, run_id, owner, ttl_s, list(statuses))
+            if row is None and await conn.fetchval(self._sql.run_exists, tenant, run_id) is None:
+                raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        return None if row is None else _run(tenant, row)
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        _check_ttl(ttl_s)
+        async with self._connection("renew_ownership") as conn:
+            renewed = await conn.fetchval(
+                self._sql.renew_ownership, owner, ttl_s, sorted(TERMINAL_STATUSES))
+        return int(renewed)
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        async with self._connection("claimable_runs") as conn:
+            rows = await conn.fetch(self._sql.claimable_runs, limit, include_interrupted)
+        return [_run(row[0], row[1:]) for row in rows]
+
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        _check_ttl(ttl_s)
+        async with self._connection("claim_idempotency_key") as conn:
+            for _ in range(_IDEMPOTENCY_ATTEMPTS):
+                row = await conn.fetchrow(
+                    self._sql.claim_idempotency_key, tenant, scope, key, fingerprint, value, ttl_s)
+                if row is not None:
+                    return bool(row[0]), IdempotencyRecord(
+                        fingerprint=row[1], value=row[2], created_at=row[3], expires_at=row[4])
+        raise StoreError(f"idempotency key {key!r}: no stable answer after "
+                         f"{_IDEMPOTENCY_ATTEMPTS} attempts")
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        async with self._connection("set_agent_state") as conn:
+            await conn.execute(self._sql.set_agent_state, scope, agent, state, time.time())
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        async with self._connection("agent_states") as conn:
+            rows = await conn.fetch(self._sql.agent_states)
+        return {(row[0], row[1]): row[2] for row in rows}
+
+# A record that expires between the insert's conflict and the select can leave a statement
+# with no answer; each retry sees a newer snapshot, so two or three always settle it.
+_IDEMPOTENCY_ATTEMPTS = 5
+
+
+def _check_ttl(ttl_s: float) -> None:
+    if not ttl_s > 0:
+        raise InvalidInput("ttl_s must be positive", field="ttl_s")
 
 
 def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:

@@ -1,4 +1,4 @@
-"""The records a store keeps: sessions, their event log, and run records.
+"""The records a store keeps: sessions, their event log, run records, idempotency keys.
 
 Hot-path records are msgspec Structs: cheap to build, to copy and to encode. Pydantic models
 live only at the HTTP and config boundaries.
@@ -114,15 +114,34 @@ class RunRecord(msgspec.Struct, kw_only=True):
     error: dict[str, Any] | None = None
     created_at: float = msgspec.field(default_factory=now)
     updated_at: float = msgspec.field(default_factory=now)
-    # The instance that drives the run while it is not terminal, and until when it holds it
-    # (epoch seconds, the store's clock where it has one). An expired lease means the owner
-    # died: any instance may claim the run and resume it from the log.
+    # The instance that runs it, and until when (epoch seconds, on the store's clock where it
+    # has one): past that, another instance may claim it (`RunStore.claim_run`).
     owner: str | None = None
     lease_expires_at: float | None = None
 
 
-#: non-terminal runs whose owner's lease can expire (a waiting run holds no lease)
-OWNED_STATUSES: frozenset[str] = frozenset({"queued", "running"})
+def kept_lease(stored: RunRecord, written: RunRecord) -> float | None:
+    """The lease a run write leaves: a write never shortens a lease its owner holds.
+
+    A runtime writes a run record it read at claim time; `renew_ownership` has extended the
+    stored lease since. Without this rule, that write would move the expiry back and another
+    instance could claim a run whose owner is alive. Every backend applies it on upsert.
+    """
+    new = written.lease_expires_at
+    old = stored.lease_expires_at
+    if new is None or old is None or stored.owner != written.owner:
+        return new
+    return max(old, new)
+
+
+class IdempotencyRecord(msgspec.Struct, kw_only=True):
+    """What a client's idempotency key stands for: the request's fingerprint and the value
+    stored for it (e.g. a run id), until `expires_at` (epoch seconds)."""
+
+    fingerprint: str
+    value: str
+    created_at: float
+    expires_at: float
 
 
 class Page(msgspec.Struct, kw_only=True):

@@ -22,6 +22,19 @@ can never forge another tenant's keys: the first `:` after `P` always ends the t
     P T:lease:{session}    string the owner, with PX = the lease's TTL
     P exp                  zset   every session with an expires_at, score = expires_at,
                                   member = JSON [tenant, id, agent, user_id]
+    P T:re:{session}       zset   the log by run, lexically: run id NUL seq (20 digits)
+    P T:ik:{scope}:{key}   hash   an idempotency record (f v c x), native TTL; scope escaped
+    P claim                zset   run keys of queued/running runs with a lease, by expiry
+    P claimi               zset   run keys of interrupted runs, by lease (0: no live owner)
+    P %own:{owner}         set    run keys of the owner's runs (pruned by renewals)
+    P %ownl:{owner}        set    lease keys the owner holds (pruned by renewals)
+    P agents               hash   JSON [scope, agent] → lifecycle state
+
+A run hash also holds o owner · le lease_expires_at · at attempt · er error JSON · ru
+updated_at beside st: the fields a claim or a renewal changes in Lua (whose cjson would lose
+float precision re-encoding j); they override j when read. Global keys never collide with a
+tenant's: those have a `:` right after the escaped tenant, which never starts with `%o`.
+Leases and idempotency records are on the Redis clock (`TIME` inside the scripts).
 
 Timestamps are stored as `repr(float)` and scores as doubles: both round-trip exactly. Ties
 in a listing are ordered by id in byte order, as on the SQL backends (`COLLATE "C"`).
@@ -73,7 +86,7 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import OWNED_STATUSES, Event, Page, RunRecord, Session
+from roost.sessions.records import Event, IdempotencyRecord, Page, RunRecord, Session
 from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import UsageSummer, UsageTotals, check_window
 
@@ -121,44 +134,68 @@ local function refresh_ttl(xm, ttl_ms, keys)
   end
 end
 
-local function index_owner(global, run_key, status, owner, lease)
-  -- Ownership beside the JSON (renewals touch only these), and the fleet-wide index of runs
-  -- that can be taken over: score = lease expiry (0: interrupted, nobody holds it).
-  local claimable = global .. 'claimable'
-  if (status == 'queued' or status == 'running') and owner ~= '' and lease ~= '' then
-    redis.call('HSET', run_key, 'o', owner, 'le', lease)
-    redis.call('ZADD', claimable, lease, run_key)
-    redis.call('SADD', global .. 'own:' .. owner, run_key)
-  elseif (status == 'queued' or status == 'running') and lease ~= '' then
-    -- given back by a claimant that could not start it: anyone may claim it now
-    redis.call('HDEL', run_key, 'o', 'le')
-    redis.call('ZADD', claimable, lease, run_key)
-  else
-    redis.call('HDEL', run_key, 'o', 'le')
-    if status == 'interrupted' and owner == '' then
-      redis.call('ZADD', claimable, 0, run_key)
+local TERMINAL = {completed = true, failed = true, cancelled = true, timed_out = true,
+                  interrupted = true}
+
+local function fmt_time(t)
+  return string.format('%.17g', t)
+end
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+-- The fleet's indexes of one run: its owner's set, and the claimable sets by lease expiry.
+local function index_ownership(prefix, run_key, status, owner, lease, old_owner)
+  if old_owner and old_owner ~= '' and old_owner ~= owner then
+    redis.call('SREM', prefix .. '%own:' .. old_owner, run_key)
+  end
+  if owner ~= '' then
+    if TERMINAL[status] then
+      redis.call('SREM', prefix .. '%own:' .. owner, run_key)
     else
-      redis.call('ZREM', claimable, run_key)
+      redis.call('SADD', prefix .. '%own:' .. owner, run_key)
     end
+  end
+  if (status == 'queued' or status == 'running') and lease ~= '' then
+    redis.call('ZADD', prefix .. 'claim', lease, run_key)
+  else
+    redis.call('ZREM', prefix .. 'claim', run_key)
+  end
+  if status == 'interrupted' then
+    local score = 0
+    if owner ~= '' and lease ~= '' then score = lease end
+    redis.call('ZADD', prefix .. 'claimi', score, run_key)
+  else
+    redis.call('ZREM', prefix .. 'claimi', run_key)
   end
 end
 
 local function upsert_run(base, run_key, run_id, session_id, status, score, json,
-                          agent, model, usage)
-  local old = redis.call('HMGET', run_key, 'st', 'sid')
+                          agent, model, usage, owner, lease, attempt, err, updated, prefix)
+  local old = redis.call('HMGET', run_key, 'st', 'sid', 'o', 'le')
   if old[1] and old[1] ~= status then
     redis.call('ZREM', base .. 'rs:' .. old[1], run_id)
   end
   if old[2] and old[2] ~= session_id then
     redis.call('ZREM', base .. 'sr:' .. old[2], run_id)
   end
+  -- A write never shortens a lease its owner holds (see records.kept_lease).
+  if lease ~= '' and old[3] == owner and old[4] and old[4] ~= ''
+      and tonumber(old[4]) > tonumber(lease) then
+    lease = old[4]
+  end
   -- agent, model and usage beside the JSON: usage_summary reads these few bytes per run
-  -- instead of the whole record (input and output included).
+  -- instead of the whole record (input and output included). Status and the fields a
+  -- claim or a renewal changes are beside it too, and override the JSON when read.
   redis.call('HSET', run_key, 'j', json, 'st', status, 'sid', session_id,
-    'a', agent, 'm', model, 'us', usage)
+    'a', agent, 'm', model, 'us', usage, 'o', owner, 'le', lease, 'at', attempt,
+    'er', err, 'ru', updated)
   redis.call('ZADD', base .. 'sr:' .. session_id, score, run_id)
   redis.call('ZADD', base .. 'runs', score, run_id)
   redis.call('ZADD', base .. 'rs:' .. status, score, run_id)
+  index_ownership(prefix, run_key, status, owner, lease, old[3])
 end
 """
 
@@ -181,9 +218,10 @@ end
 return 1
 """
 
-# KEYS: s, e, sr
+# KEYS: s, e, sr, re
 # ARGV: expected version, updated_at, default ttl ms | '', base, session id, run id | '',
-#       run status, run score, run json, run agent, run model, run usage JSON, event JSON…
+#       run status, run score, run json, run agent, run model, run usage JSON, run owner,
+#       lease, attempt, error, run updated_at, prefix, n, n event JSONs, n run ids | ''
 # Returns {-1} no session, {-2, version} conflict, {new version, previous last_seq}.
 _APPEND = (
     _LUA_HELPERS
@@ -193,32 +231,39 @@ if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 if v ~= tonumber(ARGV[1]) then return {-2, v} end
 local q = tonumber(cur[2])
-local n = #ARGV - 15
+local n = tonumber(ARGV[19])
 if n > 0 then
   local pairs = {}
+  local by_run = {}
   for i = 1, n do
     local seq = string.format('%d', q + i)
     pairs[2 * i - 1] = seq
-    pairs[2 * i] = seq .. ':' .. ARGV[15 + i]
+    pairs[2 * i] = seq .. ':' .. ARGV[19 + i]
+    local run_id = ARGV[19 + n + i]
+    if run_id ~= '' then
+      -- The log again by run, lexically: run id, NUL, zero-padded seq (see read_run_events).
+      by_run[#by_run + 1] = 0
+      by_run[#by_run + 1] = run_id .. '\\0' .. string.format('%020d', q + i)
+    end
   end
   zadd_many(KEYS[2], pairs)
+  if #by_run > 0 then zadd_many(KEYS[4], by_run) end
 end
 redis.call('HSET', KEYS[1], 'v', string.format('%d', v + 1),
   'q', string.format('%d', q + n), 'u', ARGV[2])
-local touched = {KEYS[1], KEYS[2], KEYS[3]}
+local touched = {KEYS[1], KEYS[2], KEYS[3], KEYS[4]}
 if ARGV[6] ~= '' then
   local run_key = ARGV[4] .. 'r:' .. ARGV[6]
   upsert_run(ARGV[4], run_key, ARGV[6], ARGV[5], ARGV[7], ARGV[8], ARGV[9],
-    ARGV[10], ARGV[11], ARGV[12])
-  index_owner(ARGV[15], run_key, ARGV[7], ARGV[13], ARGV[14])
-  touched[4] = run_key
+    ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18])
+  touched[5] = run_key
 end
 refresh_ttl(cur[3], ARGV[3], touched)
 return {v + 1, q}
 """
 )
 
-# KEYS: s, e, sr
+# KEYS: s, e, sr, re
 # ARGV: version read, state JSON, updated_at, default ttl ms | ''
 _PATCH = (
     _LUA_HELPERS
@@ -228,30 +273,29 @@ if not cur[1] then return {-1} end
 local v = tonumber(cur[1])
 if v ~= tonumber(ARGV[1]) then return {-2, v} end
 redis.call('HSET', KEYS[1], 'v', string.format('%d', v + 1), 'st', ARGV[2], 'u', ARGV[3])
-refresh_ttl(cur[2], ARGV[4], {KEYS[1], KEYS[2], KEYS[3]})
+refresh_ttl(cur[2], ARGV[4], {KEYS[1], KEYS[2], KEYS[3], KEYS[4]})
 return {v + 1}
 """
 )
 
 # KEYS: s, sr, run key
 # ARGV: base, run id, session id, status, score, json, default ttl ms | '', agent, model,
-#       usage JSON
+#       usage JSON, owner | '', lease | '', attempt, error JSON | '', updated_at, prefix
 _PUT_RUN = (
     _LUA_HELPERS
     + """
 local xm = redis.call('HGET', KEYS[1], 'xm')
 if not xm and redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 upsert_run(ARGV[1], KEYS[3], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6],
-  ARGV[8], ARGV[9], ARGV[10])
-index_owner(ARGV[13], KEYS[3], ARGV[4], ARGV[11], ARGV[12])
+  ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15], ARGV[16])
 refresh_ttl(xm, ARGV[7], {KEYS[1], KEYS[2], KEYS[3]})
 return 1
 """
 )
 
-# KEYS: s, e, sr, lease, idx:all, runs, exp
+# KEYS: s, e, sr, lease, idx:all, runs, exp, re
 # ARGV: id, base, sweep now | '', then for a sweep (the hash may have expired natively):
-#       agent, has_user, user, exp member
+#       agent, has_user, user, exp member; and always the prefix (ARGV[8])
 # Returns {existed, removed from exp}.
 _DELETE = """
 local id, base = ARGV[1], ARGV[2]
@@ -274,12 +318,17 @@ end
 local runs = redis.call('ZRANGE', KEYS[3], 0, -1)
 for _, r in ipairs(runs) do
   local rk = base .. 'r:' .. r
-  local st = redis.call('HGET', rk, 'st')
-  if st then redis.call('ZREM', base .. 'rs:' .. st, r) end
+  local f = redis.call('HMGET', rk, 'st', 'o')
+  if f[1] then redis.call('ZREM', base .. 'rs:' .. f[1], r) end
+  if f[2] and f[2] ~= '' then redis.call('SREM', ARGV[8] .. '%own:' .. f[2], rk) end
+  redis.call('ZREM', ARGV[8] .. 'claim', rk)
+  redis.call('ZREM', ARGV[8] .. 'claimi', rk)
   redis.call('UNLINK', rk)
   redis.call('ZREM', KEYS[6], r)
 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local holder = redis.call('GET', KEYS[4])
+if holder then redis.call('SREM', ARGV[8] .. '%ownl:' .. holder, KEYS[4]) end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8])
 redis.call('ZREM', KEYS[5], id)
 if agent then redis.call('ZREM', base .. 'idx:a:' .. agent, id) end
 if user then redis.call('ZREM', base .. 'idx:u:' .. user, id) end
@@ -288,71 +337,150 @@ if xk then removed = redis.call('ZREM', KEYS[7], xk) end
 return {existed, removed}
 """
 
-# KEYS: s, lease. ARGV: owner, ttl ms, global prefix.
+# KEYS: s, lease, the owner's lease set. ARGV: owner, ttl ms.
 # Returns 1 taken, 0 held by another, -1 no session.
 _ACQUIRE_LEASE = """
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[1] or (not cur) then
   if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  redis.call('SADD', ARGV[3] .. 'ownl:' .. ARGV[1], KEYS[2])
+  redis.call('SADD', KEYS[3], KEYS[2])
   return 1
 end
 return 0
 """
 
-# ARGV: global prefix, run key, owner, ttl s. The claim is on the ownership fields; the
-# caller then writes the record as the new owner. Returns the run JSON, or 0 when held /
-# not claimable, or -1 when there is no such run.
-_CLAIM_RUN = """
-local f = redis.call('HMGET', ARGV[2], 'j', 'st', 'o', 'le')
-if not f[1] then return -1 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local allowed = false
-for i = 5, #ARGV do if f[2] == ARGV[i] then allowed = true end end
-if not allowed then return 0 end
-if f[3] and f[4] and tonumber(f[4]) > now then return 0 end
-local lease = string.format('%.6f', now + tonumber(ARGV[4]))
-redis.call('HSET', ARGV[2], 'o', ARGV[3], 'le', lease)
-redis.call('ZADD', ARGV[1] .. 'claimable', lease, ARGV[2])
-redis.call('SADD', ARGV[1] .. 'own:' .. ARGV[3], ARGV[2])
-return {f[1], lease, f[2]}
+# KEYS: lease, the owner's lease set. ARGV: owner.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SREM', KEYS[2], KEYS[1])
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
-# ARGV: global prefix, owner, ttl s. Renews the owner's runs and session leases in one call.
-_RENEW_OWNERSHIP = """
-local t = redis.call('TIME')
-local lease = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1e6 + tonumber(ARGV[3]))
-local own = ARGV[1] .. 'own:' .. ARGV[2]
+# The fields of a run hash a reader needs: the JSON, and the fields that override it.
+_RUN_READ = ("j", "st", "o", "le", "at", "er", "ru")
+
+# KEYS: run key. ARGV: owner, ttl ms, prefix, base, run id, status… On the Redis clock.
+# Returns {-1} no such run, {0} not claimable, {1, the run's read fields…}.
+_CLAIM_RUN = (
+    _LUA_HELPERS
+    + """
+local f = redis.call('HMGET', KEYS[1], 'st', 'o', 'le', 'at', 'j')
+if not f[1] then return {-1} end
+local allowed = false
+for i = 6, #ARGV do
+  if ARGV[i] == f[1] then allowed = true end
+end
+if not allowed then return {0} end
+local now = clock()
+if f[2] and f[2] ~= '' and f[3] and f[3] ~= '' and tonumber(f[3]) > now then return {0} end
+local attempt = f[4]
+-- Written before ownership existed: the attempt is only in the JSON (an integer, which
+-- cjson reads exactly).
+if not attempt then attempt = cjson.decode(f[5]).attempt end
+local lease = fmt_time(now + tonumber(ARGV[2]) / 1000)
+redis.call('HSET', KEYS[1], 'st', 'running', 'o', ARGV[1], 'le', lease,
+  'at', string.format('%d', tonumber(attempt) + 1), 'er', '', 'ru', fmt_time(now))
+if f[1] ~= 'running' then
+  local base, run_id = ARGV[4], ARGV[5]
+  local score = redis.call('ZSCORE', base .. 'runs', run_id)
+  redis.call('ZREM', base .. 'rs:' .. f[1], run_id)
+  if score then redis.call('ZADD', base .. 'rs:running', score, run_id) end
+end
+index_ownership(ARGV[3], KEYS[1], 'running', ARGV[1], lease, f[2])
+local out = redis.call('HMGET', KEYS[1], 'j', 'st', 'o', 'le', 'at', 'er', 'ru')
+table.insert(out, 1, 1)
+return out
+"""
+)
+
+# KEYS: the owner's run set, the owner's lease set. ARGV: owner, ttl ms, prefix.
+# Returns how many runs it renewed. Entries no longer the owner's are dropped on the way.
+_RENEW_OWNERSHIP = (
+    _LUA_HELPERS
+    + """
+local now = clock()
+local lease = fmt_time(now + tonumber(ARGV[2]) / 1000)
 local renewed = 0
-for _, key in ipairs(redis.call('SMEMBERS', own)) do
-  local f = redis.call('HMGET', key, 'o', 'st')
-  if f[1] == ARGV[2] and (f[2] == 'queued' or f[2] == 'running') then
-    redis.call('HSET', key, 'le', lease)
-    redis.call('ZADD', ARGV[1] .. 'claimable', lease, key)
+for _, rk in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local f = redis.call('HMGET', rk, 'st', 'o')
+  if f[2] == ARGV[1] and f[1] and not TERMINAL[f[1]] then
+    redis.call('HSET', rk, 'le', lease)
+    if f[1] == 'queued' or f[1] == 'running' then
+      redis.call('ZADD', ARGV[3] .. 'claim', lease, rk)
+    end
     renewed = renewed + 1
   else
-    redis.call('SREM', own, key)
+    redis.call('SREM', KEYS[1], rk)
   end
 end
-local leases = ARGV[1] .. 'ownl:' .. ARGV[2]
-local ms = math.floor(tonumber(ARGV[3]) * 1000)
-for _, key in ipairs(redis.call('SMEMBERS', leases)) do
-  if redis.call('GET', key) == ARGV[2] then
-    redis.call('PEXPIRE', key, ms)
+for _, lk in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('GET', lk) == ARGV[1] then
+    redis.call('PEXPIRE', lk, ARGV[2])
   else
-    redis.call('SREM', leases, key)
+    redis.call('SREM', KEYS[2], lk)
   end
 end
 return renewed
 """
+)
 
-# KEYS: lease. ARGV: owner.
-_RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Read-only. KEYS: claim, claimi. ARGV: limit, include interrupted (1 | 0).
+# Returns, per run, flat: run key, score, the run's read fields (false when it is gone).
+_CLAIMABLE_RUNS = (
+    _LUA_HELPERS
+    + """
+local now = fmt_time(clock())
+local out = {}
+local function add(key)
+  local found = redis.call('ZRANGE', key, '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[1],
+                           'WITHSCORES')
+  for i = 1, #found, 2 do
+    out[#out + 1] = found[i]
+    out[#out + 1] = found[i + 1]
+    local f = redis.call('HMGET', found[i], 'j', 'st', 'o', 'le', 'at', 'er', 'ru')
+    for j = 1, 7 do out[#out + 1] = f[j] end
+  end
+end
+add(KEYS[1])
+if ARGV[2] == '1' then add(KEYS[2]) end
+return out
 """
+)
+
+# Read-only. KEYS: s, re, e. ARGV: run id, after, limit.
+# Returns {0} no session, else {1, event member…}.
+_READ_RUN_EVENTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local run = ARGV[1]
+local marks = redis.call('ZRANGE', KEYS[2],
+  '[' .. run .. '\\0' .. string.format('%020d', tonumber(ARGV[2]) + 1),
+  '(' .. run .. '\\1', 'BYLEX', 'LIMIT', 0, ARGV[3])
+local out = {1}
+for _, m in ipairs(marks) do
+  local seq = string.sub(m, #run + 2)
+  local e = redis.call('ZRANGE', KEYS[3], seq, seq, 'BYSCORE')
+  if e[1] then out[#out + 1] = e[1] end
+end
+return out
+"""
+
+# KEYS: the record's hash. ARGV: fingerprint, value, ttl ms. On the Redis clock; the key
+# expires natively at expires_at. Returns {stored (1 | 0), fingerprint, value, c, x}.
+_CLAIM_IDEMPOTENCY_KEY = (
+    _LUA_HELPERS
+    + """
+local now = clock()
+local cur = redis.call('HMGET', KEYS[1], 'f', 'v', 'c', 'x')
+if cur[1] and tonumber(cur[4]) > now then return {0, cur[1], cur[2], cur[3], cur[4]} end
+local c, x = fmt_time(now), fmt_time(now + tonumber(ARGV[3]) / 1000)
+redis.call('HSET', KEYS[1], 'f', ARGV[1], 'v', ARGV[2], 'c', c, 'x', x)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, ARGV[1], ARGV[2], c, x}
+"""
+)
 
 # Read-only. ARGV: base, run id… Returns a, m, st, us of each run, flat (nil when missing).
 # One call per page instead of a pipelined HMGET per run: redis-py spends ~15 us of client
@@ -372,6 +500,7 @@ return out
 _event_decoder = msgspec.json.Decoder(Event)
 _run_decoder = msgspec.json.Decoder(RunRecord)
 _exp_member_decoder = msgspec.json.Decoder(tuple[str, str, str, str | None])
+_agent_key_decoder = msgspec.json.Decoder(tuple[str, str])
 
 
 def _escape(tenant: str) -> str:
@@ -430,6 +559,12 @@ class _Keys:
 
     def lease(self, session_id: str) -> str:
         return f"{self.base}lease:{session_id}"
+
+    def run_events(self, session_id: str) -> str:
+        return f"{self.base}re:{session_id}"
+
+    def idempotency(self, scope: str, key: str) -> str:
+        return f"{self.base}ik:{_escape(scope)}:{key}"
 
     def runs(self, status: str | None = None) -> str:
         return f"{self.base}runs" if status is None else f"{self.base}rs:{status}"
@@ -515,10 +650,13 @@ class RedisStore:
             self._put_run = client.register_script(_PUT_RUN)
             self._delete = client.register_script(_DELETE)
             self._acquire = client.register_script(_ACQUIRE_LEASE)
-            self._claim = client.register_script(_CLAIM_RUN)
-            self._renew = client.register_script(_RENEW_OWNERSHIP)
             self._release = client.register_script(_RELEASE_LEASE)
             self._usage_fields = client.register_script(_USAGE_FIELDS)
+            self._claim_run = client.register_script(_CLAIM_RUN)
+            self._renew = client.register_script(_RENEW_OWNERSHIP)
+            self._claimable = client.register_script(_CLAIMABLE_RUNS)
+            self._read_run_events = client.register_script(_READ_RUN_EVENTS)
+            self._claim_key = client.register_script(_CLAIM_IDEMPOTENCY_KEY)
             try:
                 with _redis_errors("open"):
                     await client.ping()
@@ -527,7 +665,8 @@ class RedisStore:
                     for script in (
                         self._create, self._append, self._patch, self._put_run,
                         self._delete, self._acquire, self._release, self._usage_fields,
-                        self._claim, self._renew,
+                        self._claim_run, self._renew, self._claimable,
+                        self._read_run_events, self._claim_key,
                     ):  # fmt: skip
                         await client.script_load(script.script)
             except BaseException:
@@ -705,7 +844,9 @@ class RedisStore:
         k = _Keys(self._prefix, tenant)
         with _redis_errors("delete_session"):
             existed, _ = await self._delete(
-                self._delete_keys(k, session_id), [session_id, k.base, ""], client=client
+                self._delete_keys(k, session_id),
+                [session_id, k.base, "", "", "", "", "", self._prefix],
+                client=client,
             )
         return bool(existed)
 
@@ -718,6 +859,7 @@ class RedisStore:
             k.index(),
             k.runs(),
             self._exp_key,
+            k.run_events(session_id),
         ]
 
     async def patch_state(
@@ -730,7 +872,12 @@ class RedisStore:
         delta = codec.decode_object(codec.encode(delta))  # refuse what JSON cannot hold, early
         client = self._redis()
         k = _Keys(self._prefix, tenant)
-        keys = [k.session(session_id), k.events(session_id), k.session_runs(session_id)]
+        keys = [
+            k.session(session_id),
+            k.events(session_id),
+            k.session_runs(session_id),
+            k.run_events(session_id),
+        ]
         # State merges happen here, not in Lua: Lua's cjson loses float precision and cannot
         # tell {} from []. So: read, merge, then compare-and-set on the version we read.
         for _ in range(self.patch_attempts):
@@ -777,7 +924,7 @@ class RedisStore:
     ) -> int:
         client = self._redis()
         k = _Keys(self._prefix, tenant)
-        run_args: list[Any] = ["", "", "", "", "", "", ""]
+        run_args: list[Any] = ["", "", "", "", "", "", "", "", "", "", "", ""]
         if run is not None:
             if run.tenant != tenant or run.session_id != session_id:
                 raise InvalidInput(
@@ -785,7 +932,8 @@ class RedisStore:
                     f"not session {session_id} of tenant {tenant}",
                     field="run",
                 )
-            run_args = [run.id, run.status, repr(run.created_at), *_run_fields(run)]
+            run_args = [run.id, run.status, repr(run.created_at), *_run_fields(run),
+                        *_ownership_fields(run)]
         args = [
             expected_version,
             repr(time.time()),
@@ -793,11 +941,17 @@ class RedisStore:
             k.base,
             session_id,
             *run_args,
-            *_owner_args(run),
             self._prefix,
+            len(events),
             *[codec.encode(e) for e in events],
+            *[e.run_id or "" for e in events],
         ]
-        keys = [k.session(session_id), k.events(session_id), k.session_runs(session_id)]
+        keys = [
+            k.session(session_id),
+            k.events(session_id),
+            k.session_runs(session_id),
+            k.run_events(session_id),
+        ]
         with _redis_errors("append"):
             result = await self._append(keys, args, client=client)
         if result[0] == -1:
@@ -865,7 +1019,7 @@ class RedisStore:
             agent,
             model,
             usage,
-            *_owner_args(run),
+            *_ownership_fields(run),
             self._prefix,
         ]
         with _redis_errors("put_run"):
@@ -878,64 +1032,11 @@ class RedisStore:
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
         client = self._redis()
         with _redis_errors("get_run"):
-            raw, owner, lease = await client.hmget(_Keys(self._prefix, tenant).run(run_id),
-                                                   ["j", "o", "le"])
-        if raw is None:
+            fields = await client.hmget(_Keys(self._prefix, tenant).run(run_id), _RUN_READ)
+        run = _run_from_fields(fields)
+        if run is None:
             raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-        return _with_owner(codec.decode_run(raw), owner, lease)
-
-    # -- run ownership ----------------------------------------------------------
-    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
-        client = self._redis()
-        key = _Keys(self._prefix, tenant).run(run_id)
-        with _redis_errors("claim_run"):
-            got = await self._claim([], [self._prefix, key, owner, repr(ttl_s), *statuses],
-                                    client=client)
-        if got == -1:
-            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-        if got == 0:
-            return None
-        run = codec.decode_run(got[0])
-        run.owner, run.lease_expires_at = owner, float(got[1])
-        run.status, run.error, run.updated_at = "running", None, time.time()
-        run.attempt += 1
-        await self.put_run(run)  # the record as its new owner writes it
         return run
-
-    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
-        client = self._redis()
-        with _redis_errors("renew_ownership"):
-            return int(await self._renew([], [self._prefix, owner, repr(ttl_s)], client=client))
-
-    async def claimable_runs(self, *, include_interrupted: bool = False,
-                             limit: int = 100) -> list[RunRecord]:
-        client = self._redis()
-        index = f"{self._prefix}claimable"
-        with _redis_errors("claimable_runs"):
-            seconds, micros = await client.time()
-            clock = seconds + micros / 1e6
-            keys = cast(list[bytes], await client.zrange(index, "-inf", clock, byscore=True,
-                                                          offset=0, num=limit * 2))
-            if not keys:
-                return []
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, ["j", "o", "le"])
-            rows = await pipe.execute()
-        found: list[RunRecord] = []
-        gone: list[bytes] = []
-        for key, (raw, owner, lease) in zip(keys, rows, strict=True):
-            if raw is None:
-                gone.append(key)
-                continue
-            run = _with_owner(codec.decode_run(raw), owner, lease)
-            if run.status in OWNED_STATUSES or (include_interrupted and run.status == "interrupted"):
-                found.append(run)
-        if gone:
-            with _redis_errors("claimable_runs"):
-                await client.zrem(index, *gone)
-        return found[:limit]
 
     async def list_runs(
         self,
@@ -964,12 +1065,12 @@ class RedisStore:
                 async for entries in pages:
                     pipe = client.pipeline(transaction=False)
                     for raw_id, _ in entries:
-                        pipe.hget(k.run(raw_id.decode()), "j")
-                    for (raw_id, _), raw in zip(entries, await pipe.execute(), strict=True):
-                        if raw is None:
+                        pipe.hmget(k.run(raw_id.decode()), _RUN_READ)
+                    for (raw_id, _), fields in zip(entries, await pipe.execute(), strict=True):
+                        run = _run_from_fields(fields)
+                        if run is None:
                             dangling.append(raw_id)  # expired natively with its session
                             continue
-                        run = codec.decode_run(raw)
                         if (status is None or run.status == status) and (
                             agent is None or run.agent == agent
                         ):
@@ -1088,7 +1189,8 @@ class RedisStore:
         ttl_ms = max(1, math.ceil(ttl_s * 1000))
         with _redis_errors("acquire_lease"):
             got = await self._acquire(
-                [k.session(session_id), k.lease(session_id)], [owner, ttl_ms, self._prefix],
+                [k.session(session_id), k.lease(session_id), self._owned_leases(owner)],
+                [owner, ttl_ms],
                 client=client,
             )
         if got == -1:
@@ -1099,8 +1201,16 @@ class RedisStore:
         client = self._redis()
         with _redis_errors("release_lease"):
             await self._release(
-                [_Keys(self._prefix, tenant).lease(session_id)], [owner], client=client
+                [_Keys(self._prefix, tenant).lease(session_id), self._owned_leases(owner)],
+                [owner],
+                client=client,
             )
+
+    def _owned_leases(self, owner: str) -> str:
+        return f"{self._prefix}%ownl:{owner}"
+
+    def _owned_runs(self, owner: str) -> str:
+        return f"{self._prefix}%own:{owner}"
 
     # -- maintenance ------------------------------------------------------------
     async def expire_sessions(self, now: float) -> int:
@@ -1133,6 +1243,7 @@ class RedisStore:
                         "1" if user_id is not None else "0",
                         user_id or "",
                         member,
+                        self._prefix,
                     ]
                     await self._delete(self._delete_keys(k, session_id), args, client=pipe)
                 results = await pipe.execute()
@@ -1141,6 +1252,100 @@ class RedisStore:
                     return total
 
 
+    # -- the fleet --------------------------------------------------------------
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        client = self._redis()
+        k = _Keys(self._prefix, tenant)
+        keys = [k.session(session_id), k.run_events(session_id), k.events(session_id)]
+        with _redis_errors("read_run_events"):
+            found = await self._read_run_events(keys, [run_id, after, limit], client=client)
+        if not found[0]:
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+        try:
+            return [_event_from_member(m) for m in found[1:]]
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise StoreError(f"stored event does not decode: {exc}") from exc
+
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        ttl_ms = _ttl_ms(ttl_s)
+        client = self._redis()
+        k = _Keys(self._prefix, tenant)
+        args: list[Any] = [owner, ttl_ms, self._prefix, k.base, run_id, *statuses]
+        with _redis_errors("claim_run"):
+            result = await self._claim_run([k.run(run_id)], args, client=client)
+        if result[0] == -1:
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+        return _run_from_fields(result[1:]) if result[0] == 1 else None
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        ttl_ms = _ttl_ms(ttl_s)
+        client = self._redis()
+        keys = [self._owned_runs(owner), self._owned_leases(owner)]
+        with _redis_errors("renew_ownership"):
+            return int(await self._renew(keys, [owner, ttl_ms, self._prefix], client=client))
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        client = self._redis()
+        keys = [f"{self._prefix}claim", f"{self._prefix}claimi"]
+        with _redis_errors("claimable_runs"):
+            flat = await self._claimable(
+                keys, [limit, "1" if include_interrupted else "0"], client=client)
+        found: list[tuple[float, RunRecord]] = []
+        dangling: list[bytes] = []
+        for i in range(0, len(flat), 9):
+            run = _run_from_fields(flat[i + 2 : i + 9])
+            if run is None:
+                dangling.append(flat[i])  # expired natively with its session
+            else:
+                found.append((float(flat[i + 1]), run))
+        if dangling:
+            with _redis_errors("claimable_runs"):
+                await client.zrem(keys[0], *dangling)
+                await client.zrem(keys[1], *dangling)
+        found.sort(key=lambda e: (e[0], e[1].tenant, e[1].id))
+        return [run for _, run in found[:limit]]
+
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        ttl_ms = _ttl_ms(ttl_s)
+        client = self._redis()
+        k = _Keys(self._prefix, tenant)
+        with _redis_errors("claim_idempotency_key"):
+            stored, f, v, c, x = await self._claim_key(
+                [k.idempotency(scope, key)], [fingerprint, value, ttl_ms], client=client)
+        return bool(stored), IdempotencyRecord(
+            fingerprint=f.decode(), value=v.decode(), created_at=float(c), expires_at=float(x))
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        client = self._redis()
+        with _redis_errors("set_agent_state"):
+            await client.hset(f"{self._prefix}agents", codec.encode([scope, agent]), state)
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        client = self._redis()
+        with _redis_errors("agent_states"):
+            raw = cast(dict[bytes, bytes], await client.hgetall(f"{self._prefix}agents"))
+        states: dict[tuple[str, str], str] = {}
+        for field, state in raw.items():
+            scope, agent = _agent_key_decoder.decode(field)
+            states[(scope, agent)] = state.decode()
+        return states
+
 def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> None:
     if limit < minimum:
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
@@ -1148,18 +1353,40 @@ def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> Non
         raise InvalidInput(f"limit must be at most {maximum}", field="limit")
 
 
-def _owner_args(run: RunRecord | None) -> list[str]:
-    if run is None:
-        return ["", ""]
-    lease = run.lease_expires_at
-    return [run.owner or "", "" if lease is None else repr(lease)]
+def _ttl_ms(ttl_s: float) -> int:
+    if not ttl_s > 0:
+        raise InvalidInput("ttl_s must be positive", field="ttl_s")
+    return max(1, math.ceil(ttl_s * 1000))
 
 
-def _with_owner(run: RunRecord, owner: Any, lease: Any) -> RunRecord:
-    """Ownership as renewals keep it (beside the JSON, which keeps it as last written)."""
-    if run.status in OWNED_STATUSES and owner is not None:
-        run.owner = owner.decode() if isinstance(owner, bytes) else str(owner)
-        run.lease_expires_at = float(lease) if lease is not None else None
+def _ownership_fields(run: RunRecord) -> tuple[str, str, str, bytes | str, str]:
+    """owner, lease, attempt, error, updated_at: the run hash's fields that claims and
+    renewals change in Lua, beside (and overriding) the JSON."""
+    return (
+        run.owner or "",
+        "" if run.lease_expires_at is None else repr(run.lease_expires_at),
+        str(run.attempt),
+        "" if run.error is None else codec.encode(run.error),
+        repr(run.updated_at),
+    )
+
+
+def _run_from_fields(fields: Sequence[Any]) -> RunRecord | None:
+    """A run from its hash's `_RUN_READ` fields; None when the run is gone."""
+    raw, status, owner, lease, attempt, error, updated = fields
+    if not raw:
+        return None
+    try:
+        run = codec.decode_run(raw)
+    except ValueError as exc:
+        raise StoreError(f"stored run does not decode: {exc}") from exc
+    if owner is not None and owner is not False:  # written since run ownership
+        run.status = status.decode()
+        run.owner = owner.decode() or None
+        run.lease_expires_at = float(lease) if lease else None
+        run.attempt = int(attempt)
+        run.error = codec.decode_optional_object(error or None)
+        run.updated_at = float(updated)
     return run
 
 

@@ -30,6 +30,11 @@ that is never closed stops its threads, after running what was queued, once the 
 has ended, so a forgotten `close()` does not hang interpreter exit. Use a store from one
 event loop at a time. A cancelled call may still have been applied if the writer had already
 started it; a caller that needs to know re-reads the session.
+
+The fleet (several processes sharing the file): `claim_run`, `renew_ownership` and
+`claim_idempotency_key` are single statements (or a check and a write) inside the writer's
+BEGIN IMMEDIATE transaction, so they are atomic across processes too. Leases are on each
+process's wall clock: processes sharing a file share a host, hence a clock.
 """
 
 from __future__ import annotations
@@ -59,7 +64,15 @@ from roost.errors import (
     VersionConflict,
 )
 from roost.sessions import codec
-from roost.sessions.records import Event, Page, RunRecord, Session, now
+from roost.sessions.records import (
+    TERMINAL_STATUSES,
+    Event,
+    IdempotencyRecord,
+    Page,
+    RunRecord,
+    Session,
+    now,
+)
 from roost.sessions.store import CLAIMABLE_STATUSES, MAX_LIST_RUNS
 from roost.sessions.usage import (
     MAX_USAGE_GROUPS,
@@ -130,14 +143,29 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # runs written before it read back with model "". Usage by (tenant, created_at) ranges
     # uses runs_by_tenant from migration 1.
     ("ALTER TABLE runs ADD COLUMN model TEXT NOT NULL DEFAULT ''",),
-    # 3: who drives a non-terminal run and until when (takeover when the lease expires);
-    # the partial index answers "which runs lost their owner?" without reading finished runs.
+    # 3: a fleet sharing the file (issue 11). Run ownership: nullable columns, so old runs
+    # read back unowned. Partial indexes keep what is polled every second (claimable runs)
+    # as small as the runs in flight. Events by run, so one run's events are read without
+    # the rest of its log. Idempotency keys and agent states.
     (
         "ALTER TABLE runs ADD COLUMN owner TEXT",
         "ALTER TABLE runs ADD COLUMN lease_expires_at REAL",
-        "CREATE INDEX runs_claimable ON runs (lease_expires_at)"
-        " WHERE status IN ('queued', 'running', 'interrupted')",
         "CREATE INDEX runs_by_owner ON runs (owner) WHERE owner IS NOT NULL",
+        """CREATE INDEX runs_by_lease ON runs (lease_expires_at)
+            WHERE status IN ('queued', 'running') AND lease_expires_at IS NOT NULL""",
+        "CREATE INDEX runs_interrupted ON runs (lease_expires_at) WHERE status = 'interrupted'",
+        """CREATE INDEX events_by_run ON events (tenant, session_id, run_id, seq)
+            WHERE run_id IS NOT NULL""",
+        "CREATE INDEX leases_by_owner ON leases (owner)",
+        """CREATE TABLE idempotency_keys (
+            tenant TEXT NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL, value TEXT NOT NULL,
+            created_at REAL NOT NULL, expires_at REAL NOT NULL,
+            PRIMARY KEY (tenant, scope, key)) WITHOUT ROWID""",
+        "CREATE INDEX idempotency_keys_by_expiry ON idempotency_keys (expires_at)",
+        """CREATE TABLE agent_states (
+            scope TEXT NOT NULL, agent TEXT NOT NULL, state TEXT NOT NULL,
+            updated_at REAL NOT NULL, PRIMARY KEY (scope, agent)) WITHOUT ROWID""",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -399,18 +427,6 @@ class SQLiteStore:
         return totals_from_rows(keys, rows)
 
     # -- leases -----------------------------------------------------------------
-    # -- run ownership ----------------------------------------------------------
-    async def claim_run(self, tenant: str, run_id: str, owner: str, ttl_s: float, *,
-                        statuses: Collection[str] = CLAIMABLE_STATUSES) -> RunRecord | None:
-        return await self._write(_claim_run, tenant, run_id, owner, ttl_s, tuple(statuses))
-
-    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
-        return await self._write(_renew_ownership, owner, ttl_s)
-
-    async def claimable_runs(self, *, include_interrupted: bool = False,
-                             limit: int = 100) -> list[RunRecord]:
-        return await self._read(_claimable_runs, include_interrupted, limit)
-
     async def acquire_lease(self, tenant: str, session_id: str, owner: str, ttl_s: float) -> bool:
         if not ttl_s > 0:
             raise InvalidInput("lease ttl_s must be positive", field="ttl_s")
@@ -426,7 +442,52 @@ class SQLiteStore:
             deleted = await self._write(_expire_sessions, now, _EXPIRE_CHUNK)
             total += deleted
             if deleted < _EXPIRE_CHUNK:
-                return total
+                break
+        await self._write(_expire_idempotency_keys, now)
+        return total
+
+    # -- the fleet --------------------------------------------------------------
+    async def read_run_events(
+        self, tenant: str, session_id: str, run_id: str, *, after: int = 0, limit: int = 1000
+    ) -> list[Event]:
+        _check_limit(limit, minimum=0)
+        return await self._read(_read_run_events, tenant, session_id, run_id, after, limit)
+
+    async def claim_run(
+        self,
+        tenant: str,
+        run_id: str,
+        owner: str,
+        ttl_s: float,
+        *,
+        statuses: Collection[str] = CLAIMABLE_STATUSES,
+    ) -> RunRecord | None:
+        _check_ttl(ttl_s)
+        return await self._write(_claim_run, tenant, run_id, owner, ttl_s, tuple(statuses))
+
+    async def renew_ownership(self, owner: str, ttl_s: float) -> int:
+        _check_ttl(ttl_s)
+        return await self._write(_renew_ownership, owner, ttl_s)
+
+    async def claimable_runs(
+        self, *, include_interrupted: bool = False, limit: int = 100
+    ) -> list[RunRecord]:
+        _check_limit(limit, minimum=1, maximum=MAX_LIST_RUNS)
+        return await self._read(_claimable_runs, include_interrupted, limit)
+
+    async def claim_idempotency_key(
+        self, tenant: str, scope: str, key: str, fingerprint: str, value: str, ttl_s: float
+    ) -> tuple[bool, IdempotencyRecord]:
+        _check_ttl(ttl_s)
+        return await self._write(
+            _claim_idempotency_key, tenant, scope, key, fingerprint, value, ttl_s)
+
+    async def set_agent_state(self, scope: str, agent: str, state: str) -> None:
+        await self._write(_set_agent_state, scope, agent, state)
+
+    async def agent_states(self) -> dict[tuple[str, str], str]:
+        rows = await self._read(_select_rows, "SELECT scope, agent, state FROM agent_states", ())
+        return {(row[0], row[1]): row[2] for row in rows}
 
     # -- plumbing ---------------------------------------------------------------
     def _write(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -951,13 +1012,18 @@ _INSERT_EVENT: Final = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_RUN: Final = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO runs ({_RUN_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, id) DO UPDATE SET session_id = excluded.session_id,"
     " agent = excluded.agent, status = excluded.status, input = excluded.input,"
     " output = excluded.output, deadline = excluded.deadline, attempt = excluded.attempt,"
     " usage = excluded.usage, error = excluded.error, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, model = excluded.model, owner = excluded.owner,"
-    " lease_expires_at = excluded.lease_expires_at"
+    # A write never shortens a lease its owner holds (see records.kept_lease).
+    " lease_expires_at = CASE WHEN excluded.lease_expires_at IS NOT NULL"
+    " AND runs.owner IS excluded.owner THEN max(coalesce(runs.lease_expires_at,"
+    " excluded.lease_expires_at), excluded.lease_expires_at)"
+    " ELSE excluded.lease_expires_at END"
 )
 
 
@@ -999,53 +1065,128 @@ def _acquire_lease(
     return cur.rowcount == 1
 
 
-def _claim_run(conn: sqlite3.Connection, tenant: str, run_id: str, owner: str, ttl_s: float,
-               statuses: tuple[str, ...]) -> RunRecord | None:
-    # One statement in the single writer: the check and the write cannot be split.
-    clock = time.time()
-    marks = ", ".join("?" * len(statuses))
-    row = conn.execute(
-        f"UPDATE runs SET owner = ?, lease_expires_at = ?, status = 'running', error = NULL,"
-        f" attempt = attempt + 1, updated_at = ? WHERE tenant = ? AND id = ?"
-        f" AND status IN ({marks})"
-        " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
-        f" RETURNING {_RUN_COLUMNS}",
-        (owner, clock + ttl_s, clock, tenant, run_id, *statuses, clock),
-    ).fetchone()
-    if row is not None:
-        return _run_from_row(row)
-    if conn.execute("SELECT 1 FROM runs WHERE tenant = ? AND id = ?",
-                    (tenant, run_id)).fetchone() is None:
-        raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-    return None
-
-
-def _renew_ownership(conn: sqlite3.Connection, owner: str, ttl_s: float) -> int:
-    until = time.time() + ttl_s
-    conn.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (until, owner))
-    return conn.execute(
-        "UPDATE runs SET lease_expires_at = ? WHERE owner = ? AND status IN ('queued', 'running')",
-        (until, owner),
-    ).rowcount
-
-
-def _claimable_runs(conn: sqlite3.Connection, include_interrupted: bool,
-                    limit: int) -> list[RunRecord]:
-    rows = conn.execute(
-        f"SELECT {_RUN_COLUMNS} FROM runs WHERE status IN ('queued', 'running', 'interrupted')"
-        " AND (lease_expires_at <= ? OR (? AND status = 'interrupted' AND lease_expires_at IS NULL))"
-        " AND (status <> 'interrupted' OR ?)"
-        " ORDER BY lease_expires_at LIMIT ?",
-        (time.time(), include_interrupted, include_interrupted, limit),
-    ).fetchall()
-    return [_run_from_row(row) for row in rows]
-
-
 def _release_lease(conn: sqlite3.Connection, tenant: str, session_id: str, owner: str) -> None:
     conn.execute(
         "DELETE FROM leases WHERE tenant = ? AND session_id = ? AND owner = ?",
         (tenant, session_id, owner),
     )
+
+
+# -- the fleet: claims are one statement in a BEGIN IMMEDIATE transaction, so they are
+# atomic across every process sharing the file. Leases are on the wall clock (see leases).
+def _read_run_events(
+    conn: sqlite3.Connection, tenant: str, session_id: str, run_id: str, after: int, limit: int
+) -> list[Event]:
+    rows = conn.execute(
+        f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant = ? AND session_id = ?"
+        " AND run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (tenant, session_id, run_id, after, limit),
+    ).fetchall()
+    if not rows:
+        _require_session(conn, tenant, session_id)
+    return [_event_from_row(row) for row in rows]
+
+
+def _claim_run(
+    conn: sqlite3.Connection,
+    tenant: str,
+    run_id: str,
+    owner: str,
+    ttl_s: float,
+    statuses: tuple[str, ...],
+) -> RunRecord | None:
+    clock = time.time()
+    marks = ", ".join("?" * len(statuses))
+    rows = conn.execute(
+        "UPDATE runs SET owner = ?, lease_expires_at = ?, status = 'running',"
+        " attempt = attempt + 1, error = NULL, updated_at = ?"
+        f" WHERE tenant = ? AND id = ? AND status IN ({marks})"
+        " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        f" RETURNING {_RUN_COLUMNS}",
+        (owner, clock + ttl_s, clock, tenant, run_id, *statuses, clock),
+    ).fetchall()
+    if rows:
+        return _run_from_row(rows[0])
+    if conn.execute("SELECT 1 FROM runs WHERE tenant = ? AND id = ?", (tenant, run_id)).fetchone():
+        return None
+    raise RunNotFound(f"run {run_id} not found", run_id=run_id)
+
+
+def _renew_ownership(conn: sqlite3.Connection, owner: str, ttl_s: float) -> int:
+    clock = time.time()
+    conn.execute(
+        "UPDATE leases SET expires_at = ? WHERE owner = ? AND expires_at > ?",
+        (clock + ttl_s, owner, clock),
+    )
+    terminal = sorted(TERMINAL_STATUSES)
+    cur = conn.execute(
+        "UPDATE runs SET lease_expires_at = ?"
+        f" WHERE owner = ? AND status NOT IN ({', '.join('?' * len(terminal))})",
+        (clock + ttl_s, owner, *terminal),
+    )
+    return cur.rowcount
+
+
+# Each arm walks its partial index (runs_by_lease, runs_interrupted) in lease order and
+# stops at the limit; the literals match the indexes' WHERE clauses, as SQLite requires.
+_CLAIMABLE_RUNS: Final = (
+    f"SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
+    " WHERE status IN ('queued', 'running') AND lease_expires_at IS NOT NULL"
+    " AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?)"
+    f" UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
+    " WHERE ? AND status = 'interrupted'"
+    " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
+    " ORDER BY lease_expires_at LIMIT ?)"
+    " ORDER BY lease_expires_at, tenant, id LIMIT ?"
+)
+
+
+def _claimable_runs(
+    conn: sqlite3.Connection, include_interrupted: bool, limit: int
+) -> list[RunRecord]:
+    clock = time.time()
+    rows = conn.execute(
+        _CLAIMABLE_RUNS, (clock, limit, include_interrupted, clock, limit, limit)
+    ).fetchall()
+    return [_run_from_row(row) for row in rows]
+
+
+def _claim_idempotency_key(
+    conn: sqlite3.Connection,
+    tenant: str,
+    scope: str,
+    key: str,
+    fingerprint: str,
+    value: str,
+    ttl_s: float,
+) -> tuple[bool, IdempotencyRecord]:
+    clock = time.time()
+    row = conn.execute(
+        "SELECT fingerprint, value, created_at, expires_at FROM idempotency_keys"
+        " WHERE tenant = ? AND scope = ? AND key = ?",
+        (tenant, scope, key),
+    ).fetchone()
+    if row is not None and row[3] > clock:
+        return False, IdempotencyRecord(
+            fingerprint=row[0], value=row[1], created_at=row[2], expires_at=row[3])
+    conn.execute(
+        "INSERT OR REPLACE INTO idempotency_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (tenant, scope, key, fingerprint, value, clock, clock + ttl_s),
+    )
+    return True, IdempotencyRecord(
+        fingerprint=fingerprint, value=value, created_at=clock, expires_at=clock + ttl_s)
+
+
+def _set_agent_state(conn: sqlite3.Connection, scope: str, agent: str, state: str) -> None:
+    conn.execute(
+        "INSERT INTO agent_states VALUES (?, ?, ?, ?) ON CONFLICT (scope, agent)"
+        " DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+        (scope, agent, state, time.time()),
+    )
+
+
+def _expire_idempotency_keys(conn: sqlite3.Connection, before: float) -> int:
+    return conn.execute("DELETE FROM idempotency_keys WHERE expires_at <= ?", (before,)).rowcount
 
 
 def _expire_sessions(conn: sqlite3.Connection, before: float, chunk: int) -> int:
@@ -1237,6 +1378,11 @@ def _check_limit(limit: int, *, minimum: int, maximum: int | None = None) -> Non
         raise InvalidInput(f"limit must be at least {minimum}", field="limit")
     if maximum is not None and limit > maximum:
         raise InvalidInput(f"limit must be at most {maximum}", field="limit")
+
+
+def _check_ttl(ttl_s: float) -> None:
+    if not ttl_s > 0:
+        raise InvalidInput("ttl_s must be positive", field="ttl_s")
 
 
 def _check_run_owner(run: RunRecord, tenant: str, session_id: str) -> None:

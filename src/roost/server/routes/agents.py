@@ -27,16 +27,16 @@ async def get_agent(name: str, request: Request) -> Response:
 async def pause_agent(name: str, request: Request) -> Response:
     """Admit no new runs (queue or reject them per the agent's `when_paused` policy); running
     runs finish and sessions are kept."""
-    return json_response(agent_body(runtime_of(request).set_agent_state(name, "pause")))
+    return json_response(agent_body(await runtime_of(request).change_agent_state(name, "pause")))
 
 
 @router.post("/{name}/resume", response_model=AgentOut)
 async def resume_agent(name: str, request: Request) -> Response:
     """Back to running; turns queued while paused start in order."""
-    return json_response(agent_body(runtime_of(request).set_agent_state(name, "resume")))
+    return json_response(agent_body(await runtime_of(request).change_agent_state(name, "resume")))
 
 
 @router.post("/{name}/stop", response_model=AgentOut)
 async def stop_agent(name: str, request: Request) -> Response:
     """Stop for good (until restart): new turns get 503."""
-    return json_response(agent_body(runtime_of(request).set_agent_state(name, "stop")))
+    return json_response(agent_body(await runtime_of(request).change_agent_state(name, "stop")))

@@ -10,7 +10,8 @@ from roost.server import turns
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
 from roost.server.schemas import RunOut, TurnCreate, TurnOut
-from roost.server.sse import RunEventStream, frame
+from roost.server.sse import FollowerStream, RunEventStream, frame
+from roost.sessions.records import TERMINAL_STATUSES
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 
@@ -46,10 +47,14 @@ async def follow_run(run_id: str, request: Request) -> Response:
         raise InvalidInput("Last-Event-ID is out of range", field="Last-Event-ID")
     handle = runtime.live_run(tenant, run_id)
     if handle is None:
+        # Driven by another instance, or ended: the log, then the live tail from the bus.
         run = await runtime.get_run(tenant, run_id)
-        events = await runtime.read_run_events(tenant, run, after=after)
-        body = b"".join(frame(e) for e in events)
-        return Response(body, media_type="text/event-stream")
+        if run.status in TERMINAL_STATUSES:
+            events = await runtime.read_run_events(tenant, run, after=after)
+            return Response(b"".join(frame(e) for e in events), media_type="text/event-stream")
+        return FollowerStream(runtime.follow(run, after_seq=after,
+                                             idle_s=runtime.settings.server.heartbeat_s),
+                              headers={"X-Run-Id": run.id})
     return RunEventStream(handle, runtime.replay_of(handle.run),
                           heartbeat_s=runtime.settings.server.heartbeat_s, after_seq=after)
 
