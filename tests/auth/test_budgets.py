@@ -24,6 +24,9 @@ async def test_a_spent_budget_refuses_turns_until_the_window_ends() -> None:
             second = await app.client.post(f"/v1/sessions/{session}/turns",
                                            json={"input": "again"}, headers=headers)
             if tenant == "acme":
+                usage = (await app.client.get("/v1/usage", headers=app.as_("operator"))).json()
+                assert usage["budget"]["limits"] == {"day_tokens": 1}
+                assert usage["budget"]["day"]["tokens"] >= 1
                 assert second.status_code == 429
                 assert second.json()["type"].endswith("budget_exceeded")
                 assert 1 <= int(second.headers["retry-after"]) <= 86400

@@ -100,7 +100,9 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
                  for method in getattr(route, "methods", None) or ())
     declare_security(app)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
-    entry = AuthEdge(entry, auth, runtime)
+    edge = AuthEdge(entry, auth, runtime)
+    app.state.budgets = edge.budgets  # shown by GET /v1/usage
+    entry = edge
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     entry = harden(entry, settings.transport)
     if observability is not None:
