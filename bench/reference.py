@@ -3,6 +3,7 @@
     python bench/reference.py                       # SQLite, 32 clients, 100 sessions x 3 turns
     python bench/reference.py --store memory:// --sessions 300 --latency-ms 50
     python bench/reference.py --store postgresql://postgres@127.0.0.1:5432/test
+    python bench/reference.py --auth                # [auth] on: every request has an API key
 
 Starts the mock OpenAI-compatible server and the load generator pinned to core 1 and a
 `roost serve` of `examples/weather.py` (its model pointed at the mock) pinned to core 0,
@@ -125,14 +126,15 @@ async def openai_client(base: str, http: aiohttp.ClientSession, sessions: asynci
 
 
 async def load(base: str, concurrency: int, sessions: int, turns: int,
-               route: str = "native") -> tuple[list[float], list[str], float]:
+               route: str = "native",
+               headers: dict[str, str] | None = None) -> tuple[list[float], list[str], float]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(sessions):
         queue.put_nowait(i)
     latencies: list[float] = []
     errors: list[str] = []
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(base, http, queue, turns, latencies, errors, route)
                                for _ in range(concurrency)))
@@ -163,6 +165,8 @@ def main() -> None:
                              "/v1/chat/completions continuing the session by header; "
                              "openai-stateless: the whole history every turn")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--auth", action="store_true",
+                        help="[auth] on; the clients present an API key (role user)")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="roost-bench-"))
@@ -189,8 +193,16 @@ model = "gpt-mock"
 [agents.weather]
 model = "mock"
 {observability}
+{"[auth]" + chr(10) + "enabled = true" if args.auth else ""}
 {args.config_extra}
 """)
+    headers: dict[str, str] = {}
+    if args.auth:
+        created = subprocess.run([PYTHON, "-m", "roost.cli", "keys", "create", "--tenant",
+                                  "default", "--role", "user", "--name", "bench", "--config",
+                                  str(config)], cwd=workdir, capture_output=True, text=True,
+                                 check=True)
+        headers["Authorization"] = f"Bearer {created.stdout.strip().splitlines()[-1]}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}/v1/traces"}
     sink = subprocess.Popen(pinned(1, [PYTHON, str(ROOT / "bench" / "otlp_sink.py"), "--port",
@@ -213,13 +225,14 @@ model = "mock"
         base = f"http://127.0.0.1:{server_port}"
         if shutil.which("taskset"):  # the load generator shares core 1 with the mock
             os.sched_setaffinity(0, {1})
-        asyncio.run(load(base, args.concurrency, args.warmup_sessions, args.turns, args.route))
+        asyncio.run(load(base, args.concurrency, args.warmup_sessions, args.turns, args.route,
+                         headers))
         process = psutil.Process(server.pid)
         if profile:  # measure the Python child, not py-spy
             process = next(p for p in process.children(recursive=True) if "python" in p.name())
         before = process.cpu_times()
         latencies, errors, elapsed = asyncio.run(load(base, args.concurrency, args.sessions,
-                                                      args.turns, args.route))
+                                                      args.turns, args.route, headers))
         after = process.cpu_times()
         rss = process.memory_info().rss
     finally:
@@ -241,6 +254,7 @@ model = "mock"
         "store": store.split("://")[0],
         "route": args.route,
         "observability": args.observability,
+        "auth": args.auth,
         "turns": turns,
         "errors": len(errors),
         "cpu_ms_per_turn": round(cpu / max(turns, 1) * 1000, 3),

@@ -1,4 +1,4 @@
-"""The `roost` command: serve · run · chat · sessions · config · migrate."""
+"""The `roost` command: serve · run · chat · sessions · keys · config · migrate."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from roost.auth.cli import keys_app
 from roost.config import Settings, load_settings
 from roost.errors import ConfigError, RoostError
 
@@ -36,6 +37,7 @@ config_app = typer.Typer(help="Check configuration.", no_args_is_help=True,
                          rich_markup_mode=None)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
+app.add_typer(keys_app, name="keys")
 
 # soft_wrap: a long line (an id, a URL) stays one line in a pipe or a narrow terminal.
 console = Console(soft_wrap=True)
@@ -218,6 +220,7 @@ def serve(
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False)] = LogLevel.info,
 ) -> None:
     """Serve agents over HTTP (the bundled examples when no FILE is given)."""
+    from roost.auth.bind import check_bind
     from roost.server.assemble import assemble
     from roost.server.serve import serve as run_server
 
@@ -226,6 +229,12 @@ def serve(
         settings.observability.log_level = log_level.value  # type: ignore[assignment]
     agents = _agents(settings, [*(load or []), *(paths or [])])
     _refuse_problems(settings, agents)
+    try:  # no auth on a non-loopback address unless insecure mode is chosen explicitly
+        check_bind(settings.server.host, auth_enabled=settings.auth.enabled,
+                   insecure=settings.auth.insecure)
+    except ConfigError as exc:
+        _print_config_errors(exc)
+        raise typer.Exit(2) from None
     sock = _bind(settings.server.host, settings.server.port, settings.server.backlog)
     with sock:  # closed however serve ends, start-up failures included
         _check_store(settings)

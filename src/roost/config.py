@@ -31,8 +31,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from roost.auth.config import AuthConfig
 from roost.errors import ConfigError
 from roost.observability.config import ObservabilityConfig
+from roost.server.transport import TransportConfig
 
 
 class _Section(BaseModel):
@@ -44,8 +46,8 @@ class ServerConfig(_Section):
     port: int = Field(8000, ge=0, le=65535)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body limit (413 above)")
     heartbeat_s: float = Field(15.0, gt=0, description="SSE heartbeat comment interval")
-    # Until API keys exist, the tenant may come from a header the operator trusts
-    # (e.g. set by a gateway). Off by default: everything is the `default` tenant.
+    # A header naming the tenant, honoured only from admins and auth.trusted_proxies
+    # (e.g. a gateway). Off by default: the tenant is the principal's.
     tenant_header: str | None = None
     workers: int = Field(1, ge=1)
     shutdown_grace_s: float = Field(30.0, ge=0, description="in-flight runs' grace on SIGTERM")
@@ -188,6 +190,8 @@ class Settings(BaseSettings):
     # Python files or modules to load agents from (CLI arguments add to these).
     load: list[str] = Field(default_factory=list)
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())
+    auth: AuthConfig = Field(default_factory=lambda: AuthConfig())
+    transport: TransportConfig = Field(default_factory=lambda: TransportConfig())
 
     @classmethod
     def settings_customise_sources(

@@ -99,6 +99,7 @@ class ObservabilityMiddleware:
         elif traceparent is not None:
             trace_id = tracing.trace_id_of(traceparent.decode("latin-1"))
         rid = request_id.decode("ascii")
+        scope["roost.request_id"] = rid  # for the audit log (roost.auth.audit)
         log_token = (logs.bind(request_id=rid, trace_id=trace_id) if trace_id
                      else logs.bind(request_id=rid))
 

@@ -42,8 +42,7 @@ class Request(msgspec.Struct):
     body: bytes
 
 
-#: where the auth edge (roost.auth.edge.AuthEdge) leaves the request's principal
-PRINCIPAL = "roost.principal"
+from roost.auth.principal import PRINCIPAL  # noqa: E402 - where the auth edge leaves it
 
 
 def tenant_of(scope: Scope, headers: dict[bytes, bytes], tenant_header: bytes | None) -> str:

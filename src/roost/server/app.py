@@ -1,13 +1,14 @@
 """The application uvicorn serves: the turn hot path, then the FastAPI app (routes,
 problem+json errors, the runtime's lifespan: start on start-up; drain and close on shutdown).
 
-    observability ─▶ body limit ─▶ HotPath ─▶ FastAPI (error middleware, routing, routes)
+    observability ─▶ body limit ─▶ AuthEdge ─▶ HotPath ─▶ FastAPI (error middleware, routes)
 
 Turns are most of the traffic, and under overload so are their refusals, so they (and the
 creation of sessions) are answered in front of FastAPI: its own middleware (error pages,
 telemetry, body limit) wraps every request and every `send` of a response, an SSE stream's
 frames included. What they must have -- the access log, metrics and spans, the body limit,
-problem+json for every error -- is in the three plain-ASGI layers they pass.
+problem+json for every error, the principal and its permission -- is in the plain-ASGI
+layers they pass.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from fastapi.responses import ORJSONResponse
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from roost.auth import routes as auth_routes
+from roost.auth.chain import Auth
+from roost.auth.edge import AuthEdge
+from roost.auth.openapi import declare_security
+from roost.auth.permissions import check_routes
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.protocols.mount import Protocols
 from roost.runtime.runtime import Runtime
@@ -40,6 +46,7 @@ from roost.server.routes import (
     usage,
 )
 from roost.server.schemas import Problem
+from roost.server.transport import harden
 
 # Every error is problem+json (problems.py): documented once for every route.
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -86,10 +93,14 @@ class RoostApp:
         await self._entry(scope, receive, send)
 
 
-def create_app(runtime: Runtime, observability: Observability | None = None) -> RoostApp:
+def create_app(runtime: Runtime, observability: Observability | None = None, *,
+               auth: Auth | None = None) -> RoostApp:
     """The HTTP app for `runtime`. With `observability` (see `roost.server.assemble`): the
-    request middleware, `/metrics`, and `/v1/admin/profile`."""
+    request middleware, `/metrics`, and `/v1/admin/profile`. `auth` defaults to what
+    `settings.auth` describes (keys in the configured store)."""
     settings = runtime.settings
+    if auth is None:
+        auth = Auth.from_settings(settings)
 
     protocols = Protocols(runtime)
 
@@ -97,6 +108,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if observability is not None:
             await observability.start()
+        await auth.start()
         await runtime.start()
         # Everything allocated so far (modules, app, agents) lives for the whole process:
         # freezing it keeps full collections short (measured: 42 ms pauses under load,
@@ -116,6 +128,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
         finally:
             await runtime.drain()
             await runtime.close()
+            await auth.close()
             if observability is not None:
                 await observability.shutdown()
 
@@ -126,18 +139,28 @@ def create_app(runtime: Runtime, observability: Observability | None = None) -> 
                   generate_unique_id_function=operation_id)
     app.state.runtime = runtime
     app.state.tenant_header = settings.server.tenant_header
+    app.state.auth = auth
     problems.install(app)
-    for module in (health, agents, sessions, runs, artifacts, admin, usage):
+    for module in (health, agents, sessions, runs, artifacts, admin, auth_routes, usage):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(docs.router)
     _problems_only_as_problem_json(app)
     if observability is not None:
         app.state.observability = observability
         app.include_router(observe.router, responses=PROBLEM_RESPONSES)
+    # Every route must say who may call it (roost.auth.permissions.ROUTES).
+    check_routes((method, getattr(route, "path", "")) for route in app.routes
+                 for method in getattr(route, "methods", None) or ())
+    declare_security(app)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
-    # OpenAI-compatible API, MCP and A2A: plain ASGI like the turn route, same runtime.
+    # OpenAI-compatible API, MCP and A2A: plain ASGI like the turn route, same runtime,
+    # behind the same auth edge (their routes are in the permission table too).
     entry = protocols.wrap(entry)
+    edge = AuthEdge(entry, auth, runtime)
+    app.state.budgets = edge.budgets  # shown by GET /v1/usage
+    entry = edge
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
+    entry = harden(entry, settings.transport)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
         entry = ObservabilityMiddleware(entry, observability=observability)

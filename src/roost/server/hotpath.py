@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from roost.auth.principal import PRINCIPAL
 from roost.errors import RoostError, UnsupportedMediaType
 from roost.runtime.runtime import Runtime
 from roost.server import problems, turns
@@ -118,14 +119,17 @@ class HotPath:
             return problems.error_response(exc, "POST", scope["path"])
 
     async def _read(self, scope: Scope, receive: Receive) -> Request | None:
-        tenant = DEFAULT_TENANT
+        # The principal's tenant, as `AuthEdge` decided it (tenant header included); without
+        # that edge in front (tests mounting this alone), the configured header.
+        principal = scope.get(PRINCIPAL)
+        tenant = DEFAULT_TENANT if principal is None else principal.tenant
         content_type = accept = key = None
         for header, value in scope["headers"]:
             if header == b"content-type":
                 content_type = value
             elif header == b"accept":
                 accept = value
-            elif header == self.tenant_header and value:
+            elif header == self.tenant_header and value and principal is None:
                 tenant = value.decode("latin-1")
             elif header == b"idempotency-key":
                 key = value.decode("latin-1")

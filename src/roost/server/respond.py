@@ -9,6 +9,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from roost.agent import Agent
+from roost.auth.principal import PRINCIPAL
 from roost.runtime.runtime import HostedAgent, Runtime
 from roost.sessions.records import DEFAULT_TENANT, Event, RunRecord
 
@@ -26,7 +27,12 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def tenant_of(request: Request) -> str:
-    """The request's tenant: from the configured trusted header, else `default`."""
+    """The request's tenant: its principal's (decided by `roost.auth.edge.AuthEdge`, which
+    honours the tenant header only from admins and trusted proxies). Routers mounted
+    without that edge (tests) fall back to the configured header, else `default`."""
+    principal = request.scope.get(PRINCIPAL)
+    if principal is not None:
+        return principal.tenant  # type: ignore[no-any-return]
     header = request.app.state.tenant_header
     if header:
         value = request.headers.get(header)

@@ -22,6 +22,7 @@ from roost.observability import Observability
 from roost.runtime.runtime import Runtime
 from roost.server.app import create_app
 from roost.server.notify import SystemdNotifier
+from roost.server.transport import uvicorn_options
 
 log = logging.getLogger("roost.server")
 
@@ -76,8 +77,11 @@ def serve(runtime: Runtime, observability: Observability | None = None, *, host:
     port in use fails before the runtime starts); otherwise uvicorn binds host:port."""
     # log_config=None: Roost's logging (structlog, JSON in production) owns the loggers;
     # the access log comes from the observability middleware.
+    # The transport options choose the HTTP protocol (httptools, with a header-read timeout
+    # and a per-client cap), keep-alive and TLS.
     config = uvicorn.Config(create_app(runtime, observability), host=host, port=port,
-                            loop="auto", http="auto", log_level=log_level, access_log=False,
+                            loop="auto", log_level=log_level, access_log=False,
                             log_config=None, timeout_graceful_shutdown=5, lifespan="on",
-                            backlog=runtime.settings.server.backlog)
+                            backlog=runtime.settings.server.backlog,
+                            **uvicorn_options(runtime.settings.transport))
     RoostServer(config, runtime).run(sockets=[sock] if sock is not None else None)

@@ -1,4 +1,7 @@
-"""`/v1/admin`: what the runtime is doing, from its primitives' own statistics."""
+"""`/v1/admin`: what the runtime is doing, from its primitives' own statistics.
+
+Admins see everything; an operator (`stats:tenant`) sees the same document cut to their
+tenant: their running and queued counts and quota, nothing that names another tenant."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from roost.auth.principal import PRINCIPAL
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of
 
@@ -44,4 +48,25 @@ async def stats(request: Request) -> Response:
         "agents": {name: hosted.state for name, hosted in runtime.agents.items()},
         "fleet": runtime.fleet_statistics(),
     }
+    principal = request.scope.get(PRINCIPAL)
+    if principal is not None and not principal.is_admin:
+        body = _for_tenant(body, principal.tenant)
     return json_response(body)
+
+
+def _for_tenant(body: dict[str, Any], tenant: str) -> dict[str, Any]:
+    def mine(counts: dict[str, Any]) -> dict[str, Any]:
+        return {t: n for t, n in counts.items() if t == tenant}
+
+    limits = body["limits"]
+    return {
+        "tenant": tenant,
+        "draining": body["draining"],
+        "running": sum(mine(body["running_by_tenant"]).values()),
+        "queued": sum(mine(body["queued_by_tenant"]).values()),
+        "running_by_tenant": mine(body["running_by_tenant"]),
+        "queued_by_tenant": mine(body["queued_by_tenant"]),
+        "limits": {"default_quota": limits["default_quota"],
+                   "tenants": mine(limits["tenants"])},
+        "agents": body["agents"],
+    }

@@ -61,6 +61,7 @@ class UsageReport(BaseModel):
     group_by: list[str]
     since: float | None
     until: float | None
+    budget: dict[str, Any] | None = None  # with [auth.budgets]: limits, day and month spend
 
 
 @router.get("/v1/usage", response_model=UsageReport)
@@ -92,7 +93,12 @@ async def usage(
         }
         for t in totals
     ]
-    return json_response({"items": items, "group_by": list(keys), "since": start, "until": end})
+    body: dict[str, Any] = {"items": items, "group_by": list(keys), "since": start,
+                            "until": end}
+    budgets = getattr(request.app.state, "budgets", None)
+    if budgets is not None:  # the tenant's budget and spend (see roost.auth.budgets)
+        body["budget"] = budgets.statistics(tenant)
+    return json_response(body)
 
 
 def parse_group_by(raw: str | None) -> tuple[str, ...]:
