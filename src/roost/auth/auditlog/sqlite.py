@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from roost.auth.auditlog import AuditRecord
+from roost.auth.tables import SQLiteTable
 
 _FIELDS = AuditRecord.__struct_fields__
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -18,30 +17,8 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS audit_log (seq INTEGER PRIMARY KEY AUTOIN
 _INDEX = "CREATE INDEX IF NOT EXISTS audit_log_by_tenant ON audit_log (tenant, at)"
 
 
-class SQLiteAuditStore:
-    def __init__(self, path: str, *, busy_timeout_s: float = 5.0) -> None:
-        self.path = path
-        self._busy_timeout_s = busy_timeout_s
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        if self._conn is None:
-            self._conn = await asyncio.to_thread(self._connect)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute(_SCHEMA)
-        conn.execute(_INDEX)
-        return conn
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+class SQLiteAuditStore(SQLiteTable):
+    SCHEMA = (_SCHEMA, _INDEX)
 
     async def _call(self, fn: Any) -> Any:
         await self.open()

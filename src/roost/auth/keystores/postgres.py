@@ -6,43 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
-
 from roost.auth.keys import ApiKey
-from roost.sessions.migrate import DEFAULT_SCHEMA, apply_migrations, quote_ident
+from roost.auth.tables import PostgresTable
 
 _COLUMNS = ("id", "tenant", "role", "name", "hash", "user_id", "created_at", "expires_at",
             "revoked_at", "last_used_at")
 _SELECT = ", ".join(_COLUMNS)
 
 
-class PostgresKeyStore:
-    def __init__(self, url: str, *, schema: str | None = None, migrate_on_open: bool = True
-                 ) -> None:
-        self.url = url
-        self.schema = schema or DEFAULT_SCHEMA
-        self._table = f"{quote_ident(self.schema)}.api_keys"
-        self._migrate = migrate_on_open
-        self._pool: asyncpg.Pool | None = None
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        pool = await asyncpg.create_pool(self.url, min_size=1, max_size=2)
-        if self._migrate:
-            async with pool.acquire() as conn:
-                await apply_migrations(conn, self.schema)
-        self._pool = pool
-
-    async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
-
-    async def _pool_(self) -> asyncpg.Pool:
-        await self.open()
-        assert self._pool is not None
-        return self._pool
+class PostgresKeyStore(PostgresTable):
+    TABLE = "api_keys"
 
     async def add(self, key: ApiKey) -> None:
         pool = await self._pool_()

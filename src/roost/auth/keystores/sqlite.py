@@ -5,12 +5,11 @@ is cheap enough and keeps the session store's writer untouched)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from roost.auth.keys import ApiKey
+from roost.auth.tables import SQLiteTable
 
 _COLUMNS = ("id", "tenant", "role", "name", "hash", "user_id", "created_at", "expires_at",
             "revoked_at", "last_used_at")
@@ -20,29 +19,8 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at REAL, last_used_at REAL)"""
 
 
-class SQLiteKeyStore:
-    def __init__(self, path: str, *, busy_timeout_s: float = 5.0) -> None:
-        self.path = path
-        self._busy_timeout_s = busy_timeout_s
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-
-    async def open(self) -> None:
-        if self._conn is None:
-            self._conn = await asyncio.to_thread(self._connect)
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
-        conn.execute(_SCHEMA)
-        return conn
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+class SQLiteKeyStore(SQLiteTable):
+    SCHEMA = (_SCHEMA,)
 
     async def _run(self, sql: str, *args: Any, many: list[tuple[Any, ...]] | None = None
                    ) -> list[tuple[Any, ...]] | int:
