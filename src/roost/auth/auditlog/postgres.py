@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from roost.auth.auditlog import AuditRecord
-from roost.auth.tables import PostgresTable
+from roost.auth.pg_table import PostgresTable
 
 _FIELDS = AuditRecord.__struct_fields__
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from roost.auth.keys import ApiKey
-from roost.auth.tables import PostgresTable
+from roost.auth.pg_table import PostgresTable
 
 _COLUMNS = ("id", "tenant", "role", "name", "hash", "user_id", "created_at", "expires_at",
             "revoked_at", "last_used_at")
