@@ -37,7 +37,6 @@ from roost.models.base import Message
 from roost.protocols import responses
 from roost.protocols.conversation import answer_deltas, start_turn
 from roost.protocols.wire import (
-    EventStream,
     JSONResponse,
     ProtocolError,
     Request,
@@ -51,6 +50,7 @@ from roost.protocols.wire import (
     wait_or_disconnect,
 )
 from roost.runtime.runtime import RunHandle, Runtime
+from roost.server.sse import FrameStream
 from roost.sessions.records import RunRecord
 
 log = logging.getLogger("roost.protocols")
@@ -153,7 +153,7 @@ class OpenAIRoutes:
         await response(scope, receive, send)
 
     async def _answer(self, route: Route, scope: Scope, request: Request,
-                      receive: Receive) -> JSONResponse | EventStream:
+                      receive: Receive) -> JSONResponse | FrameStream:
         rt = self.runtime
         if route is CHAT:
             return await chat_completion(rt, request, receive)
@@ -206,7 +206,7 @@ def model_object(name: str, runtime: Runtime) -> dict[str, Any]:
 
 # -- chat completions ----------------------------------------------------------------------
 async def chat_completion(runtime: Runtime, request: Request,
-                          receive: Receive) -> JSONResponse | EventStream:
+                          receive: Receive) -> JSONResponse | FrameStream:
     body: ChatRequest = decode(request.body, ChatRequest)
     messages = chat_messages(body)
     session_header = request.headers.get(_SESSION_HEADER)
@@ -220,7 +220,7 @@ async def chat_completion(runtime: Runtime, request: Request,
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         cancel_on_leave = runtime.hosted(body.model).agent.policies.on_disconnect == "cancel"
-        return EventStream(
+        return FrameStream(
             _chunks(handle, completion_id, created, body.model, include_usage),
             headers=headers,
             on_disconnect=(lambda: handle.cancel("disconnect")) if cancel_on_leave else None)

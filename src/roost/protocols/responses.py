@@ -23,7 +23,6 @@ from starlette.types import Receive
 from roost.models.base import Message
 from roost.protocols.conversation import answer_deltas, start_turn
 from roost.protocols.wire import (
-    EventStream,
     JSONResponse,
     ProtocolError,
     Request,
@@ -33,6 +32,7 @@ from roost.protocols.wire import (
     wait_or_disconnect,
 )
 from roost.runtime.runtime import RunHandle, Runtime
+from roost.server.sse import FrameStream
 from roost.sessions.records import RunRecord
 
 SESSION_HEADER = "X-Roost-Session-Id"
@@ -83,7 +83,7 @@ def input_messages(body: ResponseRequest) -> list[Message]:
 
 
 async def create(runtime: Runtime, request: Request, receive: Receive, *,
-                 session_header: bytes) -> JSONResponse | EventStream:
+                 session_header: bytes) -> JSONResponse | FrameStream:
     body: ResponseRequest = decode(request.body, ResponseRequest)
     messages = input_messages(body)
     header = request.headers.get(session_header)
@@ -98,7 +98,7 @@ async def create(runtime: Runtime, request: Request, receive: Receive, *,
     previous_id = body.previous_response_id
     if body.stream:
         cancel_on_leave = runtime.hosted(body.model).agent.policies.on_disconnect == "cancel"
-        return EventStream(_events(handle, previous_id), headers=headers,
+        return FrameStream(_events(handle, previous_id), headers=headers,
                            on_disconnect=(lambda: handle.cancel("disconnect"))
                            if cancel_on_leave else None)
     if not await wait_or_disconnect(handle.done, receive):

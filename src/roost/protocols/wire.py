@@ -12,8 +12,6 @@ Roost's own error type (`session_busy`, `tenant_overloaded`, …).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -43,6 +41,7 @@ class Request(msgspec.Struct):
 
 
 from roost.auth.principal import PRINCIPAL  # noqa: E402 - where the auth edge leaves it
+from roost.server.sse import wait_disconnect  # noqa: E402 - the one disconnect listener
 
 
 def tenant_of(scope: Scope, headers: dict[bytes, bytes], tenant_header: bytes | None) -> str:
@@ -141,53 +140,9 @@ def run_failure(run: RunRecord, headers: dict[str, str]) -> JSONResponse:
     return error_response(status, message, code=kind, retry_after=retry_after, headers=headers)
 
 
-SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
-               (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-class EventStream:
-    """Server-sent events from an async iterator of ready frames, plain ASGI.
-
-    One task writes, another listens for the client leaving; whichever ends first cancels
-    the other (starlette's StreamingResponse does the same). `on_disconnect` runs when the
-    client left before the frames ended."""
-
-    def __init__(self, frames: AsyncIterator[bytes], *, headers: dict[str, str],
-                 on_disconnect: Callable[[], None] | None = None) -> None:
-        self.frames = frames
-        self.on_disconnect = on_disconnect
-        self.headers = SSE_HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                      for k, v in headers.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-        writer = asyncio.ensure_future(self._write(send))
-        listener = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, listener):
-                task.cancel()
-            await asyncio.gather(writer, listener, return_exceptions=True)
-        if listener in done and self.on_disconnect is not None:
-            self.on_disconnect()
-        if writer in done and not writer.cancelled() and writer.exception() is None:
-            with contextlib.suppress(OSError, RuntimeError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _write(self, send: Send) -> None:
-        async for chunk in self.frames:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def wait_or_disconnect(done: asyncio.Future[Any], receive: Receive) -> bool:
     """Wait for `done`; False when the client left first."""
-    listener = asyncio.ensure_future(_wait_disconnect(receive))
+    listener = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await asyncio.wait((done, listener), return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 import msgspec
 from starlette.responses import Response
@@ -37,7 +37,75 @@ def frame(event: Event) -> bytes:
     return head + b"data: " + _encode(payload) + b"\n\n"
 
 
-class RunEventStream(Response):
+class SSEResponse(Response):
+    """An event stream as plain ASGI: one task writes (the only writer, so frames never
+    interleave), another listens for the client going away; whichever finishes first cancels
+    the other, as starlette's StreamingResponse does. A Response subclass so FastAPI passes
+    it through untouched. Subclasses write the body (`_write`) and may act when the client
+    leaves first (`client_left`)."""
+
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                      for k, v in (headers or {}).items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        writer = asyncio.ensure_future(self._write(send))
+        listener = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            await asyncio.gather(writer, listener, return_exceptions=True)
+        if listener in done:
+            self.client_left()
+        if writer in done and not writer.cancelled() and writer.exception() is None:
+            with contextlib.suppress(OSError, RuntimeError):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, send: Send) -> None:
+        raise NotImplementedError
+
+    def client_left(self) -> None:
+        """The client went away before the body ended."""
+
+
+class FrameStream(SSEResponse):
+    """Server-sent events from an async iterator of ready frames; `on_disconnect` runs when
+    the client left before the frames ended."""
+
+    def __init__(self, frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None,
+                 on_disconnect: Callable[[], None] | None = None) -> None:
+        super().__init__(headers)
+        self.frames = frames
+        self.on_disconnect = on_disconnect
+
+    async def _write(self, send: Send) -> None:
+        async for chunk in self.frames:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    def client_left(self) -> None:
+        if self.on_disconnect is not None:
+            self.on_disconnect()
+
+
+def follower_stream(batches: AsyncGenerator[list[Event], None],
+                    headers: dict[str, str] | None = None) -> FrameStream:
+    """A run driven by another instance (or already ended): `Runtime.follow`'s persisted
+    events, then the live tail, to the run's end; an empty batch is a heartbeat."""
+    return FrameStream(_follower_frames(batches), headers=headers)
+
+
+async def _follower_frames(batches: AsyncGenerator[list[Event], None]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            yield b"".join(frame(e) for e in batch) if batch else b": heartbeat\n\n"
+
+
+class RunEventStream(SSEResponse):
     """ASGI response streaming one run's events until it ends or the client leaves.
 
     `on_disconnect(handle)` is called when the client goes away before the run ended (the
@@ -46,34 +114,16 @@ class RunEventStream(Response):
     def __init__(self, handle: RunHandle, replay: Replay, *, heartbeat_s: float,
                  after_seq: int = 0, on_disconnect: Callable[[RunHandle], None] | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        # A Response subclass so FastAPI passes it through untouched; the body is streamed.
-        self.status_code = 200
-        self.background = None
+        super().__init__(headers)
         self.handle = handle
         self.replay = replay
         self.heartbeat_s = heartbeat_s
         self.after_seq = after_seq
         self.on_disconnect = on_disconnect
-        self.raw_headers = HEADERS + [(k.lower().encode(), v.encode())
-                                      for k, v in (headers or {}).items()]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": self.raw_headers})
-        writer = asyncio.ensure_future(self._write(send))
-        listener = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, listener):
-                task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(writer, listener, return_exceptions=True)
-        if listener in done and not self.handle.done.done() and self.on_disconnect:
+    def client_left(self) -> None:
+        if not self.handle.done.done() and self.on_disconnect:
             self.on_disconnect(self.handle)
-        if writer in done and not writer.cancelled() and writer.exception() is None:
-            with contextlib.suppress(OSError, RuntimeError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _write(self, send: Send) -> None:
         after = self.after_seq
@@ -111,44 +161,10 @@ class RunEventStream(Response):
                     return
 
 
-class FollowerStream(Response):
-    """ASGI response streaming batches of a run driven by another instance (or already
-    ended): `Runtime.follow`'s persisted events, then the live tail, to the run's end."""
-
-    def __init__(self, batches: AsyncGenerator[list[Event], None],
-                 headers: dict[str, str] | None = None) -> None:
-        self.status_code = 200
-        self.background = None
-        self.batches = batches
-        self.raw_headers = HEADERS + [(k.lower().encode(), v.encode())
-                                      for k, v in (headers or {}).items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        writer = asyncio.ensure_future(self._write(send))
-        listener = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            done, _ = await asyncio.wait((writer, listener), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, listener):
-                task.cancel()
-            await asyncio.gather(writer, listener, return_exceptions=True)
-        if writer in done and not writer.cancelled() and writer.exception() is None:
-            with contextlib.suppress(OSError, RuntimeError):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _write(self, send: Send) -> None:
-        async with contextlib.aclosing(self.batches) as batches:
-            async for batch in batches:
-                body = b"".join(frame(e) for e in batch) if batch else b": heartbeat\n\n"
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-
-
 _HEARTBEAT = {"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True}
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
+async def wait_disconnect(receive: Receive) -> None:
+    """Return when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -16,7 +16,7 @@ from roost.runtime.idempotency import Replay
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.server.respond import json_response, turn_body
 from roost.server.schemas import TurnCreate
-from roost.server.sse import FollowerStream, RunEventStream
+from roost.server.sse import RunEventStream, follower_stream, wait_disconnect
 from roost.sessions.records import TERMINAL_STATUSES, RunRecord, now
 
 
@@ -69,7 +69,7 @@ async def _replay(runtime: Runtime, tenant: str, run_id: str, stream: bool,
         raise Conflict("the earlier request with this Idempotency-Key has not started its "
                        "run yet; retry shortly", retry_after=1) from None
     if stream:
-        return FollowerStream(runtime.follow(run, idle_s=runtime.settings.server.heartbeat_s),
+        return follower_stream(runtime.follow(run, idle_s=runtime.settings.server.heartbeat_s),
                               headers=run_headers(run))
     if run.status not in TERMINAL_STATUSES:
         run = await runtime.wait_for_end(tenant, run_id, wait_s=max(
@@ -96,7 +96,7 @@ async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle, receive: Rece
                               keep_on_disconnect: bool = False) -> RunRecord:
     """Wait for the run; if the client leaves first and the agent's policy is `cancel`,
     cancel the run (a synchronous caller that left cannot read the answer)."""
-    listener = asyncio.ensure_future(_disconnected(receive))
+    listener = asyncio.ensure_future(wait_disconnect(receive))
     try:
         await asyncio.wait((handle.done, listener), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -109,7 +109,3 @@ async def _wait_or_disconnect(runtime: Runtime, handle: RunHandle, receive: Rece
         return await handle.wait()
     return handle.done.result()
 
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -10,7 +10,7 @@ from roost.server import turns
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
 from roost.server.schemas import RunOut, TurnCreate, TurnOut
-from roost.server.sse import FollowerStream, RunEventStream, frame
+from roost.server.sse import RunEventStream, follower_stream, frame
 from roost.sessions.records import TERMINAL_STATUSES
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
@@ -69,7 +69,7 @@ async def follow_run(run_id: str, request: Request) -> Response:
         if run.status in TERMINAL_STATUSES:
             events = await runtime.read_run_events(tenant, run, after=after)
             return Response(b"".join(frame(e) for e in events), media_type="text/event-stream")
-        return FollowerStream(runtime.follow(run, after_seq=after,
+        return follower_stream(runtime.follow(run, after_seq=after,
                                              idle_s=runtime.settings.server.heartbeat_s),
                               headers={"X-Run-Id": run.id})
     return RunEventStream(handle, runtime.replay_of(handle.run),
