@@ -183,9 +183,9 @@ class Runner:
             if not message.tool_calls:
                 ctx.run.output = message.content or ""
                 ctx.run.status = "completed"
-                _release(ctx.run)
+                ctx.run.disown()
                 step.append(Event(type="run.completed", run_id=ctx.run.id,
-                                  data={"output": ctx.run.output, "usage": _usage(ctx.run)}))
+                                  data={"output": ctx.run.output, "usage": ctx.run.usage_data()}))
                 await self._append(step, with_run=True)
                 return
             step.extend(Event(type="tool.call", run_id=ctx.run.id,
@@ -312,10 +312,10 @@ class Runner:
         ctx = self.ctx
         ctx.run.status = status
         ctx.run.error = data if event_type != "run.completed" else None
-        _release(ctx.run)
+        ctx.run.disown()
         try:
             await self._append([Event(type=event_type, run_id=ctx.run.id,
-                                      data={"error": data, "usage": _usage(ctx.run)})],
+                                      data={"error": data, "usage": ctx.run.usage_data()})],
                                with_run=True)
         except (SessionMoved, SessionNotFound):
             # The log moved on or is gone: record the run itself if we can.
@@ -327,17 +327,6 @@ class Runner:
             # ended. The runtime settles it from the log when the store answers again.
             ctx.unsettled = True
             ctx.emit(Event(type=event_type, run_id=ctx.run.id, data={"error": data}))
-
-
-def _release(run: RunRecord) -> None:
-    """A run that ended has no owner: nobody may take it over."""
-    run.owner = None
-    run.lease_expires_at = None
-
-
-def _usage(run: RunRecord) -> dict[str, Any]:
-    return {"input_tokens": run.usage.input_tokens, "output_tokens": run.usage.output_tokens,
-            "cost": run.usage.cost}
 
 
 def _error(exc: RoostError) -> dict[str, Any]:

@@ -109,8 +109,7 @@ class Executor:
             run.error = {"type": getattr(exc, "type", "timed_out"), "message": str(exc) or status}
         else:  # the same shape as a run cancelled while running
             run.error = {"type": status, "reason": handle.cancel_reason or "user"}
-        run.owner = None
-        run.lease_expires_at = None
+        run.disown()
         run.updated_at = now()
         handle.channel.publish(Event(type="run.failed" if status != "cancelled" else "run.cancelled",
                                      run_id=run.id, data={"error": run.error or {"type": status}}))

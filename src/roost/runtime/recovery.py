@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from roost.engine.budget import fit_to_budget
 from roost.engine.compaction import resume_context
@@ -23,7 +23,7 @@ from roost.runtime.agents import HostedAgent
 from roost.runtime.bus import RunChannel
 from roost.runtime.handle import RunHandle
 from roost.runtime.live_session import LiveSession
-from roost.sessions.records import Event, RunRecord, now
+from roost.sessions.records import RUN_END_EVENTS, Event, RunRecord, now
 
 if TYPE_CHECKING:
     from roost.runtime.runtime import Runtime
@@ -31,9 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("roost.runtime")
 
 RESUMABLE = ("interrupted", "running", "queued")
-TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
 # An interrupted run's log ends in run.interrupted, and it resumes after it.
-FINAL_EVENTS = TERMINAL_EVENTS - {"run.interrupted"}
+FINAL_EVENTS = RUN_END_EVENTS - {"run.interrupted"}
 _STATUS_OF = {"run.completed": "completed", "run.cancelled": "cancelled",
               "run.interrupted": "interrupted"}
 
@@ -51,16 +50,6 @@ def apply_terminal(run: RunRecord, event: Event) -> None:
         run.error = None
     else:
         run.error = data.get("error") or run.error
-
-
-def _release(run: RunRecord) -> None:
-    run.owner = None
-    run.lease_expires_at = None
-
-
-def run_usage(run: RunRecord) -> dict[str, Any]:
-    return {"input_tokens": run.usage.input_tokens, "output_tokens": run.usage.output_tokens,
-            "cost": run.usage.cost}
 
 
 class Recovery:
@@ -104,7 +93,7 @@ class Recovery:
         ended = next((e for e in reversed(events) if e.type in FINAL_EVENTS), None)
         if ended is not None:  # its end is in the log: the record only has to agree
             apply_terminal(run, ended)
-            _release(run)
+            run.disown()
             await rt.store.put_run(run)
             raise Conflict(f"run {run.id} already ended ({run.status})", run_id=run.id)
         if events[-1].seq != live.session.last_seq:
@@ -124,7 +113,7 @@ class Recovery:
     async def _close_orphan(self, run: RunRecord, why: str) -> None:
         run.status = "interrupted"
         run.error = {"type": "orphaned", "message": why}
-        _release(run)
+        run.disown()
         run.updated_at = now()
         await self.runtime.store.put_run(run)
         log.warning("run %s closed: %s", run.id, why)
@@ -132,7 +121,7 @@ class Recovery:
     async def _give_back(self, run: RunRecord) -> None:
         """A claimed run we could not start: let its lease lapse now for another claimant
         (without an owner, or our own renewal would keep extending it)."""
-        run.owner = None
+        run.disown()
         run.lease_expires_at = now()
         with contextlib.suppress(RoostError):
             await self.runtime.store.put_run(run)
@@ -252,7 +241,7 @@ class Recovery:
         live = await rt.sessions.get(run.tenant, run.session_id, rt.agents.policies_of)
         await live.reload()
         events = await rt.read_run_events(run.tenant, run)
-        ended = next((e for e in reversed(events) if e.type in TERMINAL_EVENTS), None)
+        ended = next((e for e in reversed(events) if e.type in RUN_END_EVENTS), None)
         if ended is not None:
             apply_terminal(run, ended)
             await live.record_run(run, owner=self.runtime.instance_id)
@@ -267,5 +256,5 @@ class Recovery:
         event_type = "run.cancelled" if run.status == "cancelled" else (
             "run.interrupted" if run.status == "interrupted" else "run.failed")
         await live.append([Event(type=event_type, run_id=run.id,
-                                 data={"error": error, "usage": run_usage(run)})], run=run)
+                                 data={"error": error, "usage": run.usage_data()})], run=run)
         log.info("run %s settled: %s recorded after the outage", run.id, run.status)

@@ -51,7 +51,15 @@ from roost.runtime.recovery import Recovery
 from roost.runtime.turns import Turns
 from roost.sessions import open_store
 from roost.sessions.artifacts import ArtifactStore, artifact_store_for, open_artifact_store
-from roost.sessions.records import TERMINAL_STATUSES, Event, Page, RunRecord, Session, now
+from roost.sessions.records import (
+    RUN_END_EVENTS,
+    TERMINAL_STATUSES,
+    Event,
+    Page,
+    RunRecord,
+    Session,
+    now,
+)
 from roost.sessions.store import Store
 from roost.sessions.usage import UsageTotals
 
@@ -60,8 +68,7 @@ __all__ = ["AgentUnavailable", "HostedAgent", "RunHandle", "Runtime", "new_id"]
 log = logging.getLogger("roost.runtime")
 
 SHARED_BACKENDS = frozenset({"postgres", "redis"})
-#: the events after which a run's stream ends
-RUN_END_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+
 
 
 class Runtime:
@@ -426,13 +433,10 @@ class Runtime:
 
     def statistics(self) -> dict[str, Any]:
         return {
-            "instance_id": self.instance_id,
             "draining": self.draining,
             "runs_active": len(self.runs),
             "sessions_busy": len(self.lanes),
-            "sessions_leased": self.leases.held(),
-            "runs_unsettled": self.recovery.unsettled(),
-            "runs_taken_over": self.recovery.takeovers,
+            "fleet": self.fleet_statistics(),
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),

@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from roost.runtime.bus import ChannelLagged
 from roost.runtime.runtime import RunHandle
-from roost.sessions.records import TERMINAL_STATUSES, Event
+from roost.sessions.records import RUN_END_EVENTS, TERMINAL_STATUSES, Event
 
 #: reads a run's persisted events after a seq (oldest first), for a reader that lagged
 Replay = Callable[[int], Awaitable[list[Event]]]
@@ -26,7 +26,6 @@ Replay = Callable[[int], Awaitable[list[Event]]]
 _encode = msgspec.json.Encoder().encode
 HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
            (b"x-accel-buffering", b"no")]
-TERMINAL_EVENTS = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
 
 
 def frame(event: Event) -> bytes:
@@ -142,7 +141,7 @@ class RunEventStream(SSEResponse):
                         frames.append(frame(event))
                         if event.seq:
                             after = event.seq
-                        if event.type in TERMINAL_EVENTS and event.run_id == run.id:
+                        if event.type in RUN_END_EVENTS and event.run_id == run.id:
                             ended = True
                             break
                     await send({"type": "http.response.body", "body": b"".join(frames),

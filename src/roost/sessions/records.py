@@ -42,6 +42,10 @@ TERMINAL_STATUSES: frozenset[str] = frozenset(
     {"completed", "failed", "cancelled", "timed_out", "interrupted"}
 )
 
+#: the events that end a run's attempt (and its stream); an interrupted run may resume
+RUN_END_EVENTS: frozenset[str] = frozenset(
+    {"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+
 
 def now() -> float:
     """Wall-clock seconds since the epoch; every persisted timestamp uses it."""
@@ -118,6 +122,16 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # has one): past that, another instance may claim it (`RunStore.claim_run`).
     owner: str | None = None
     lease_expires_at: float | None = None
+
+    def disown(self) -> None:
+        """The run ended (or was given back): nobody holds it, nobody may take it over."""
+        self.owner = None
+        self.lease_expires_at = None
+
+    def usage_data(self) -> dict[str, Any]:
+        """The usage its end events carry."""
+        return {"input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens, "cost": self.usage.cost}
 
 
 def kept_lease(stored: RunRecord, written: RunRecord) -> float | None:
