@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
+from roost.engine.run_budget import RunBudget
 from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
 from roost.runtime.admission import Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
@@ -36,10 +37,12 @@ class Turns:
 
     async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
                      timeout_s: float | None = None, priority: Priority = "interactive",
-                     idempotency_key: str | None = None) -> RunHandle:
+                     idempotency_key: str | None = None,
+                     budget: RunBudget | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy;
-        `Replay` when `idempotency_key` names an earlier submission of the same turn."""
+        `Replay` when `idempotency_key` names an earlier submission of the same turn.
+        `budget` is capped by the agent's limits (which are also its default)."""
         rt = self.runtime
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
@@ -71,7 +74,8 @@ class Turns:
                         input=text, deadline=now() + timeout, owner=rt.instance_id,
                         lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
-                           stream=stream, done=loop.create_future())
+                           stream=stream, done=loop.create_future(),
+                           budget=RunBudget.resolve(budget, hosted.budget))
         try:
             lane_wait = rt.lanes.enter((tenant, session_id), handle,
                                        policy=hosted.agent.policies.double_texting,
