@@ -19,6 +19,15 @@ from typing import Any, Protocol
 from roost.agent import Agent
 from roost.engine.approval import ApprovalGate
 from roost.engine.budget import fit_to_budget
+from roost.engine.compaction import (
+    CompactionPolicy,
+    apply_compaction,
+    compact,
+    compaction_event,
+    is_summary,
+    needs_compaction,
+    step_tail_start,
+)
 from roost.engine.context import message_event_data, pending_tool_calls
 from roost.engine.hooks import NO_HOOKS, EngineHooks
 from roost.engine.run_budget import RunBudget
@@ -106,6 +115,10 @@ class RunContext:
     # What the run may spend (None: unlimited), and the tool calls it made so far.
     budget: RunBudget | None = None
     tool_calls: int = 0
+    # Compaction within the run (a long run's context summarised as it grows), when the
+    # agent's policy has one; None: the context is only windowed.
+    compaction: CompactionPolicy | None = None
+    summariser: Model | None = None
 
 
 class Runner:
@@ -115,6 +128,10 @@ class Runner:
         self._owner = ctx.run.owner  # the instance running it (cleared when the run ends)
         self._metadata = {"run_id": ctx.run.id, "tenant": ctx.run.tenant,
                           "agent": ctx.agent.name, "session_id": ctx.session.id}
+        # Compaction within the run: the log seq of each assistant message of this attempt
+        # (by identity), where a summary's verbatim tail may start.
+        self._seqs: dict[int, tuple[Message, int]] = {}
+        self._compaction_failed = False
 
     async def run(self) -> RunRecord:
         """Execute to a terminal status. Re-raises CancelledError after recording it."""
@@ -229,7 +246,48 @@ class Runner:
                               data={"id": c.id, "name": c.name, "arguments": c.arguments})
                         for c in message.tool_calls)
             await self._append(step)
+            if ctx.compaction is not None:
+                self._seqs[id(message)] = (message, step[0].seq)
             await self._run_step_tools(message.tool_calls)
+            if ctx.compaction is not None:
+                await self._compact_within()
+
+    async def _compact_within(self) -> None:
+        """Summarise the run's older steps when its context passed the policy's trigger;
+        the summary is a `compaction` event (a resume starts from it). Best effort: a
+        summariser failure leaves the context windowed, and this attempt stops trying."""
+        ctx = self.ctx
+        policy = ctx.compaction
+        if policy is None or ctx.summariser is None or self._compaction_failed \
+                or not needs_compaction(ctx.messages, policy):
+            return
+        start, first = step_tail_start(ctx.messages, policy)
+        known = self._seqs.get(id(first)) if first is not None else None
+        if known is None or known[0] is not first:
+            return  # the tail starts before this attempt (resumed): later steps will do
+        seqs = [0] * len(ctx.messages)
+        seqs[start] = known[1]
+        loop = asyncio.get_running_loop()
+        try:
+            compaction = await compact(ctx.messages, policy, ctx.summariser,
+                                       deadline=min(ctx.deadline, loop.time() + policy.timeout_s),
+                                       seqs=seqs, metadata=dict(self._metadata),
+                                       within_run=True)
+        except ModelError:
+            self._compaction_failed = True
+            return
+        if compaction is None:
+            return
+        ctx.run.usage.add(compaction.usage)
+        await self._append([compaction_event(compaction, ctx.run.id)])
+        # The run's own request stays verbatim after the summary: a turn starts with it
+        # (the window keeps whole turns), and the model keeps the task in its own words.
+        compacted = apply_compaction(ctx.messages, compaction)
+        at = next(i for i, m in enumerate(compacted) if is_summary(m)) + 1
+        compacted.insert(at, Message(role="user", content=ctx.run.input))
+        ctx.messages[:] = compacted
+        self._seqs = {k: v for k, v in self._seqs.items()
+                      if any(v[0] is m for m in ctx.messages)}
 
     async def _run_step_tools(self, calls: list[ToolCall]) -> None:
         """A step's tool calls, within the budget; the calls a person must see first wait

@@ -58,7 +58,8 @@ class Executor:
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
                          artifacts=rt.artifacts, budget=handle.budget,
                          gate=with_decisions(hosted.gate, handle.decisions),
-                         tool_calls=handle.tool_calls)
+                         tool_calls=handle.tool_calls,
+                         compaction=agent.policies.compaction, summariser=hosted.summariser)
         handle.ctx = ctx
         handle.started = True
         # The run's record is first written by its first append, maybe long after it was
