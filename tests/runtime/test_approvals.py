@@ -51,11 +51,14 @@ async def started(agent: Agent, tmp_path: Path | None = None, **runtime: object)
     return rt
 
 
-async def wait_status(rt: Runtime, run_id: str, status: str, timeout: float = 5) -> RunRecord:
-    async with asyncio.timeout(timeout):
-        while (run := await rt.store.get_run("default", run_id)).status != status:
+async def wait_status(rt: Runtime, run_id: str, status: str) -> RunRecord:
+    """Poll the store (another task of the runtime changes it) until the run has `status`."""
+    async with asyncio.timeout(5):
+        while True:
+            run = await rt.store.get_run("default", run_id)
+            if run.status == status:
+                return run
             await asyncio.sleep(0.01)
-    return run
 
 
 async def finish(handle: RunHandle) -> RunRecord:
