@@ -245,3 +245,23 @@ async def test_another_tenant_cannot_decide() -> None:
             await rt.decide_run("other", run.id, [DecisionRequest("approve")])
     finally:
         await rt.close()
+
+
+def test_approval_policy_from_config_and_description() -> None:
+    policy = ApprovalPolicy.from_config({
+        "timeout_s": 60, "on_timeout": "approve",
+        "tools": {"delete": True, "pay": {"when": [{"arg": "amount", "op": ">=", "value": 10}]}}})
+    assert policy is not None and policy.timeout_s == 60 and policy.on_timeout == "approve"
+    pay = policy.tools["pay"]
+    assert callable(pay) and pay({"amount": 10}) and not pay({"amount": 9})
+    assert pay({}) and pay({"amount": "x"}), "in doubt, a person looks"
+    described = policy.describe()
+    assert described["tools"]["delete"] is True
+    assert ApprovalPolicy(tools={"f": lambda a: True}).describe()["tools"] == {"f": "predicate"}
+    assert ApprovalPolicy.from_config({"tools": ["a", "b"]}) == ApprovalPolicy(
+        tools={"a": True, "b": True})
+    for bad in ({"tools": {"x": {"when": [{"arg": "a", "op": "~", "value": 1}]}}},
+                {"tools": {"x": "yes"}}, {"timeout_s": 0}, {"on_timeout": "maybe"},
+                {"typo": 1}):
+        with pytest.raises(ValueError):
+            ApprovalPolicy.from_config(bad)

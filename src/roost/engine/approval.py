@@ -96,6 +96,12 @@ class ApprovalPolicy:
         if self.on_timeout not in ("reject", "approve"):
             raise ValueError("policies.approval.on_timeout must be 'reject' or 'approve'")
 
+    def describe(self) -> dict[str, Any]:
+        """The policy as JSON can say it (a Python predicate is `"predicate"`)."""
+        return {"timeout_s": self.timeout_s, "on_timeout": self.on_timeout,
+                "tools": {name: rule if isinstance(rule, (bool, AllOf)) else "predicate"
+                          for name, rule in self.tools.items()}}
+
     @classmethod
     def from_config(cls, value: object) -> ApprovalPolicy | None:
         """`None`, a policy, or its config table:

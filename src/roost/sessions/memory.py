@@ -312,7 +312,9 @@ class MemoryStore:
         clock = time.time()
         found = [
             r for r in self._runs.values()
-            if (r.status in ("queued", "running", "waiting") and r.lease_expires_at is not None
+            if (r.status in ("queued", "running") and r.lease_expires_at is not None
+                and r.lease_expires_at <= clock)
+            or (r.status == "waiting" and r.owner is None and r.lease_expires_at is not None
                 and r.lease_expires_at <= clock)
             or (include_interrupted and r.status == "interrupted" and not _live(r, clock))
         ]

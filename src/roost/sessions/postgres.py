@@ -339,7 +339,7 @@ class _Queries:
             " ORDER BY x.lease_expires_at NULLS FIRST LIMIT $1)"
             " UNION ALL"
             f" (SELECT x.tenant, {run_columns} FROM {s}.runs x"
-            f" WHERE x.status = 'waiting' AND x.lease_expires_at <= {clock}"
+            f" WHERE x.status = 'waiting' AND x.owner IS NULL AND x.lease_expires_at <= {clock}"
             " ORDER BY x.lease_expires_at LIMIT $1)"
             " ORDER BY lease_expires_at NULLS FIRST, tenant, id LIMIT $1"
         )

@@ -159,7 +159,8 @@ local function index_ownership(prefix, run_key, status, owner, lease, old_owner)
     end
   end
   -- A waiting run has no owner: its lease is the wait's deadline (the timeout scan).
-  if (status == 'queued' or status == 'running' or status == 'waiting') and lease ~= '' then
+  if (status == 'queued' or status == 'running' or (status == 'waiting' and owner == ''))
+      and lease ~= '' then
     redis.call('ZADD', prefix .. 'claim', lease, run_key)
   else
     redis.call('ZREM', prefix .. 'claim', run_key)
