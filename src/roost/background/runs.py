@@ -110,7 +110,8 @@ class BackgroundRuns:
         if hosted.state == "stopped":
             rt.agents.check_admits(hosted)
         run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
-                        agent=hosted.name, model=hosted.model.name, status="queued", input=text)
+                        agent=hosted.name, model=hosted.model.name, status="queued", input=text,
+                        attempt=0)  # the claim that starts it makes it attempt 1
         if idempotency_key is not None:
             mine = fingerprint({"session_id": session_id, "input": text,
                                 "background": True, "run_at": run_at})

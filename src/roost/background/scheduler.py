@@ -256,7 +256,7 @@ class Scheduler:
                 session_id = session.id
             run = RunRecord(id=run_id, session_id=session_id, tenant=schedule.tenant,
                             agent=schedule.agent, model=hosted.model.name, status="queued",
-                            input=schedule.input)
+                            input=schedule.input, attempt=0)
             await rt.background.enqueue(run, tick)
         except RoostError as exc:
             log.warning("schedule %s: tick %s fired but its run could not be queued: %s",
