@@ -46,10 +46,20 @@ class SQLiteBackground(SQLiteTable):
         async with self._lock:
             conn = self._conn
             assert conn is not None
+            call = asyncio.ensure_future(asyncio.to_thread(fn, conn, *args))
             try:
-                return await asyncio.to_thread(fn, conn, *args)
+                return await asyncio.shield(call)
             except sqlite3.OperationalError as exc:  # locked past the busy timeout, I/O
                 raise StoreUnavailable(f"sqlite: {exc}") from exc
+            except asyncio.CancelledError:
+                # The thread cannot be stopped: hold the lock (and so the connection, which
+                # `close` takes under it) until it is done, then let the cancellation go on.
+                await asyncio.wait([call])
+                raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            await super().close()
 
     async def enqueue(self, run: RunRecord, not_before: float) -> None:
         await self._do(_execute, "INSERT OR REPLACE INTO run_queue VALUES (?, ?, ?, ?)",
