@@ -6,7 +6,7 @@
 
 A queued run is a run record with status `queued` and no owner, plus an entry in the queue
 (tenant, run id, not before). `claim` is the queue's one exclusive step: in one atomic
-operation it removes up to `limit` due entries, oldest due first, and claims their runs for
+operation it removes up to `limit` due entries, in fair order, and claims their runs for
 `owner` exactly as `RunStore.claim_run` does (status running, owner, a lease on the store's
 clock, attempt + 1). From then on the run is an ordinary owned run: its owner renews the
 lease, and if the owner dies the fleet's takeover finds it (`recovery.py`); one that died
@@ -17,6 +17,15 @@ claim at once; each entry goes to one of them:
   one statement — concurrent claimers skip each other's rows instead of waiting on them;
 - Redis: one Lua script (the queue is a sorted set by due time);
 - SQLite: one `BEGIN IMMEDIATE` transaction; memory: synchronous code.
+
+Fair order between tenants. Claiming oldest-first would let one tenant's burst of 10,000
+runs hold back every other tenant's for as long as the burst takes, and an instance claims
+only what it can start at once, so admission's fair queue never sees the others. Each entry
+gets a *rank* when queued (start-time fair queuing): one past its tenant's last entry still
+queued, but never below the lowest rank in the queue (the queue's virtual clock), and claims
+take the due entries of lowest rank first (then oldest). Two tenants with backlogs alternate;
+a tenant arriving late starts at the current clock — it neither waits behind the backlog nor
+jumps ahead of what is already being served. Enqueue costs two indexed lookups more.
 
 Schedules are per tenant; `claim_tick(schedule, tick)` is how a tick fires once across the
 fleet: a put-if-absent of (schedule, tick) that also advances the schedule's `last_tick`.

@@ -12,12 +12,16 @@ from roost.sessions.store import Store
 
 class MemoryBackground:
     """Nothing here awaits between reading the queue and claiming a run: one event loop
-    makes each `claim` atomic."""
+    makes each `claim` atomic. Entries wait in `_delayed` (by due time) until due, then in
+    `_ready` (by rank); `_entries` holds the live ones (a heap entry not there is stale)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._heap: list[tuple[float, float, str, str]] = []  # (due, enqueued, tenant, run)
-        self._queued: set[tuple[str, str]] = set()
+        self._delayed: list[tuple[float, str, str]] = []  # (due, tenant, run)
+        self._ready: list[tuple[float, float, str, str]] = []  # (rank, enqueued, tenant, run)
+        self._entries: dict[tuple[str, str], tuple[float, float]] = {}  # → (rank, enqueued)
+        self._last: dict[str, float] = {}  # each tenant's newest rank
+        self._served = 0.0  # the rank of the newest claimed entry: the virtual clock
         self._schedules: dict[tuple[str, str], Schedule] = {}
         self._ticks: dict[tuple[str, str, float], float] = {}
 
@@ -28,17 +32,26 @@ class MemoryBackground:
         pass
 
     async def enqueue(self, run: RunRecord, not_before: float) -> None:
-        heapq.heappush(self._heap, (not_before, now(), run.tenant, run.id))
-        self._queued.add((run.tenant, run.id))
+        self._drop_stale()
+        floor = self._ready[0][0] if self._ready else self._served
+        rank = max(self._last.get(run.tenant, -1.0) + 1, floor)
+        self._last[run.tenant] = rank
+        self._entries[(run.tenant, run.id)] = (rank, now())
+        heapq.heappush(self._delayed, (not_before, run.tenant, run.id))
 
     async def claim(self, owner: str, ttl_s: float, limit: int) -> list[RunRecord]:
-        claimed: list[RunRecord] = []
         clock = now()
-        while self._heap and len(claimed) < limit and self._heap[0][0] <= clock:
-            _, _, tenant, run_id = heapq.heappop(self._heap)
-            if (tenant, run_id) not in self._queued:
+        while self._delayed and self._delayed[0][0] <= clock:
+            _, tenant, run_id = heapq.heappop(self._delayed)
+            entry = self._entries.get((tenant, run_id))
+            if entry is not None:
+                heapq.heappush(self._ready, (entry[0], entry[1], tenant, run_id))
+        claimed: list[RunRecord] = []
+        while self._ready and len(claimed) < limit:
+            rank, _, tenant, run_id = heapq.heappop(self._ready)
+            if self._entries.pop((tenant, run_id), None) is None:
                 continue  # removed (cancelled) while it waited
-            self._queued.discard((tenant, run_id))
+            self._served = max(self._served, rank)
             try:
                 run = await self._store.claim_run(tenant, run_id, owner, ttl_s,
                                                   statuses=("queued",))
@@ -49,18 +62,22 @@ class MemoryBackground:
         return claimed
 
     async def remove(self, tenant: str, run_id: str) -> bool:
-        if (tenant, run_id) not in self._queued:
-            return False
-        self._queued.discard((tenant, run_id))
-        return True
+        return self._entries.pop((tenant, run_id), None) is not None
 
     async def next_due(self) -> float | None:
-        while self._heap and (self._heap[0][2], self._heap[0][3]) not in self._queued:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
+        self._drop_stale()
+        if self._ready:
+            return now()
+        while self._delayed and (self._delayed[0][1], self._delayed[0][2]) not in self._entries:
+            heapq.heappop(self._delayed)
+        return self._delayed[0][0] if self._delayed else None
 
     async def depth(self) -> int:
-        return len(self._queued)
+        return len(self._entries)
+
+    def _drop_stale(self) -> None:
+        while self._ready and (self._ready[0][2], self._ready[0][3]) not in self._entries:
+            heapq.heappop(self._ready)
 
     async def put_schedule(self, schedule: Schedule) -> None:
         self._schedules[(schedule.tenant, schedule.id)] = schedule

@@ -1,7 +1,7 @@
 """The run queue and schedules on PostgreSQL (tables of migration 0007), over a small pool of
-their own. The claim is one statement: due queue rows locked with `FOR UPDATE SKIP LOCKED`
-(concurrent claimers pass over each other's rows instead of queueing behind their locks),
-deleted, and their runs claimed, on the database clock."""
+their own. The claim is one statement: due queue rows, lowest rank first, locked with
+`FOR UPDATE SKIP LOCKED` (concurrent claimers pass over each other's rows instead of queueing
+behind their locks), deleted, and their runs claimed, on the database clock."""
 
 from __future__ import annotations
 
@@ -30,12 +30,14 @@ class PostgresBackground:
         s = quote_ident(self.schema)
         runs = ", ".join(f"r.{c.strip()}" for c in _RUN_COLUMNS.split(","))
         self._enqueue = (
-            f"INSERT INTO {s}.run_queue (tenant, run_id, not_before, enqueued_at)"
-            f" VALUES ($1, $2, $3, {_CLOCK}) ON CONFLICT (tenant, run_id)"
-            " DO UPDATE SET not_before = excluded.not_before")
+            f"INSERT INTO {s}.run_queue (tenant, run_id, not_before, enqueued_at, rank)"
+            f" VALUES ($1, $2, $3, {_CLOCK}, greatest("
+            f"  (SELECT max(rank) + 1 FROM {s}.run_queue WHERE tenant = $1),"
+            f"  (SELECT min(rank) FROM {s}.run_queue), 0))"
+            " ON CONFLICT (tenant, run_id) DO UPDATE SET not_before = excluded.not_before")
         self._claim = (
             f"WITH due AS (SELECT tenant, run_id FROM {s}.run_queue"
-            f"  WHERE not_before <= {_CLOCK} ORDER BY not_before, enqueued_at"
+            f"  WHERE not_before <= {_CLOCK} ORDER BY rank, enqueued_at"
             "  LIMIT $3 FOR UPDATE SKIP LOCKED),"
             f" taken AS (DELETE FROM {s}.run_queue q USING due"
             "  WHERE q.tenant = due.tenant AND q.run_id = due.run_id"

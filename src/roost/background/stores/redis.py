@@ -1,6 +1,9 @@
 """The run queue and schedules on Redis, under the session store's prefix `P`:
 
-- `P%bq` — the queue: a sorted set of `<tenant base>|<run id>` by due time;
+- `P%bq`, `P%bqready`, `P%bqrank` — the queue: members `<tenant base>|<run id>`, waiting
+  until due in `P%bq` (by due time), then in `P%bqready` (by fair rank); `P%bqrank` holds
+  every entry's rank, `P%bqlast` each tenant's newest rank, `P%bqserved` the newest claimed
+  rank (the fair queue's clock, see `roost.background.store`);
 - `P%sched` — a hash of schedules (`<tenant base>|<id>` → JSON), and `P%schedlast` beside it
   (→ `<last tick>|<last run id>`), written by tick claims without re-encoding the JSON;
 - `P%tick:<tenant base>|<id>:<tick>` — one key per fired tick, `SET NX` with a lifetime.
@@ -18,18 +21,42 @@ import msgspec
 import redis.asyncio as aioredis
 
 from roost.background.records import Schedule
-from roost.sessions.records import RunRecord
+from roost.sessions.records import RunRecord, now
 from roost.sessions.redis import _LUA_HELPERS, _escape, _redis_errors, _run_from_fields
 from roost.sessions.store import Store
 
-# KEYS: the queue. ARGV: owner, ttl ms, prefix, limit. Returns the claimed runs' read fields.
+# KEYS: delayed, ranks, ready, last ranks, served. ARGV: member, due, tenant.
+_ENQUEUE = """
+local floor = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]
+if not floor then floor = redis.call('GET', KEYS[5]) or 0 end
+local last = redis.call('HGET', KEYS[4], ARGV[3])
+local rank = tonumber(floor)
+if last and tonumber(last) + 1 > rank then rank = tonumber(last) + 1 end
+redis.call('HSET', KEYS[4], ARGV[3], rank)
+redis.call('ZADD', KEYS[2], rank, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: delayed, ranks, ready, served. ARGV: owner, ttl ms, prefix, limit.
+# Due entries move from `delayed` (by due time) to `ready` (by rank), a bounded number per
+# call; then the lowest ranks of `ready` are claimed. Returns the claimed runs' read fields.
 _CLAIM = _LUA_HELPERS + """
 local now = clock()
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt_time(now), 'LIMIT', 0,
-  tonumber(ARGV[4]))
-local out = {}
-for _, m in ipairs(due) do
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', fmt_time(now),
+                              'LIMIT', 0, 1000)) do
   redis.call('ZREM', KEYS[1], m)
+  local rank = redis.call('ZSCORE', KEYS[2], m)
+  if rank then redis.call('ZADD', KEYS[3], rank, m) end
+end
+local picked = redis.call('ZRANGE', KEYS[3], 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+local out = {}
+for i = 1, #picked, 2 do
+  local m = picked[i]
+  redis.call('ZREM', KEYS[3], m)
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('SET', KEYS[4], picked[i + 1])
   local base, run_id = string.match(m, '^(.*)|([^|]*)$')
   local rk = base .. 'r:' .. run_id
   local f = redis.call('HMGET', rk, 'st', 'o', 'at', 'j')
@@ -65,12 +92,17 @@ class RedisBackground:
                  tick_retention_s: float = 86_400.0) -> None:
         self.url = url
         self.prefix = prefix
-        self._queue = f"{prefix}%bq"
+        self._queue = f"{prefix}%bq"  # delayed: by due time
+        self._ranks = f"{prefix}%bqrank"  # every entry, by rank
+        self._ready = f"{prefix}%bqready"  # due entries, by rank
+        self._last_rank = f"{prefix}%bqlast"  # tenant → its newest rank
+        self._served = f"{prefix}%bqserved"  # the newest claimed rank: the virtual clock
         self._schedules = f"{prefix}%sched"
         self._last = f"{prefix}%schedlast"
         self._retention_ms = int(tick_retention_s * 1000)
         self._client: aioredis.Redis | None = None
         self._claim: Any = None
+        self._enqueue: Any = None
         self._claim_tick: Any = None
 
     def _base(self, tenant: str) -> str:
@@ -83,6 +115,7 @@ class RedisBackground:
         if self._client is None:
             client = aioredis.Redis.from_url(self.url)
             self._claim = client.register_script(_CLAIM)
+            self._enqueue = client.register_script(_ENQUEUE)
             self._claim_tick = client.register_script(_CLAIM_TICK)
             self._client = client
 
@@ -99,31 +132,43 @@ class RedisBackground:
     async def enqueue(self, run: RunRecord, not_before: float) -> None:
         r = await self._redis()
         with _redis_errors("enqueue"):
-            await r.zadd(self._queue, {self._member(run.tenant, run.id): not_before})
+            await self._enqueue([self._queue, self._ranks, self._ready, self._last_rank,
+                                 self._served],
+                                [self._member(run.tenant, run.id), not_before, run.tenant],
+                                client=r)
 
     async def claim(self, owner: str, ttl_s: float, limit: int) -> list[RunRecord]:
         r = await self._redis()
         with _redis_errors("claim"):
-            found = await self._claim([self._queue], [owner, int(ttl_s * 1000), self.prefix,
-                                                      limit], client=r)
+            found = await self._claim([self._queue, self._ranks, self._ready, self._served],
+                                      [owner, int(ttl_s * 1000), self.prefix, limit], client=r)
         runs = [_run_from_fields(fields) for fields in found]
         return [run for run in runs if run is not None]
 
     async def remove(self, tenant: str, run_id: str) -> bool:
         r = await self._redis()
         with _redis_errors("remove"):
-            return bool(await r.zrem(self._queue, self._member(tenant, run_id)))
+            member = self._member(tenant, run_id)
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._ranks, member)
+                pipe.zrem(self._ready, member)
+                pipe.zrem(self._queue, member)
+                removed, *_ = await pipe.execute()
+        return bool(removed)
 
     async def next_due(self) -> float | None:
         r = await self._redis()
         with _redis_errors("next_due"):
+            ready = await r.zcard(self._ready)
             first = await r.zrange(self._queue, 0, 0, withscores=True)
+        if ready:
+            return now()
         return float(first[0][1]) if first else None
 
     async def depth(self) -> int:
         r = await self._redis()
         with _redis_errors("depth"):
-            return int(await r.zcard(self._queue))
+            return int(await r.zcard(self._ranks))
 
     async def put_schedule(self, schedule: Schedule) -> None:
         r = await self._redis()

@@ -27,8 +27,11 @@ class SQLiteBackground(SQLiteTable):
     SCHEMA = (
         "PRAGMA journal_mode = WAL",
         "CREATE TABLE IF NOT EXISTS run_queue (tenant TEXT NOT NULL, run_id TEXT NOT NULL,"
-        " not_before REAL NOT NULL, enqueued_at REAL NOT NULL, PRIMARY KEY (tenant, run_id))",
-        "CREATE INDEX IF NOT EXISTS run_queue_by_due ON run_queue (not_before, enqueued_at)",
+        " not_before REAL NOT NULL, enqueued_at REAL NOT NULL, rank REAL NOT NULL,"
+        " PRIMARY KEY (tenant, run_id))",
+        "CREATE INDEX IF NOT EXISTS run_queue_by_rank ON run_queue (rank, enqueued_at)",
+        "CREATE INDEX IF NOT EXISTS run_queue_by_tenant_rank ON run_queue (tenant, rank)",
+        "CREATE INDEX IF NOT EXISTS run_queue_by_due ON run_queue (not_before)",
         "CREATE TABLE IF NOT EXISTS schedules (tenant TEXT NOT NULL, id TEXT NOT NULL,"
         " agent TEXT NOT NULL, record TEXT NOT NULL, created_at REAL NOT NULL,"
         " PRIMARY KEY (tenant, id))",
@@ -62,8 +65,11 @@ class SQLiteBackground(SQLiteTable):
             await super().close()
 
     async def enqueue(self, run: RunRecord, not_before: float) -> None:
-        await self._do(_execute, "INSERT OR REPLACE INTO run_queue VALUES (?, ?, ?, ?)",
-                       (run.tenant, run.id, not_before, time.time()))
+        await self._do(_execute,
+                       "INSERT OR REPLACE INTO run_queue VALUES (?, ?, ?, ?, max("
+                       " coalesce((SELECT max(rank) + 1 FROM run_queue WHERE tenant = ?), 0),"
+                       " coalesce((SELECT min(rank) FROM run_queue), 0)))",
+                       (run.tenant, run.id, not_before, time.time(), run.tenant))
 
     async def claim(self, owner: str, ttl_s: float, limit: int) -> list[RunRecord]:
         return await self._do(_claim, owner, ttl_s, limit)
@@ -127,7 +133,7 @@ def _claim(conn: sqlite3.Connection, owner: str, ttl_s: float, limit: int) -> li
     try:
         clock = time.time()
         due = conn.execute("SELECT tenant, run_id FROM run_queue WHERE not_before <= ?"
-                           " ORDER BY not_before, enqueued_at LIMIT ?", (clock, limit)).fetchall()
+                           " ORDER BY rank, enqueued_at LIMIT ?", (clock, limit)).fetchall()
         claimed: list[RunRecord] = []
         for tenant, run_id in due:
             conn.execute("DELETE FROM run_queue WHERE tenant = ? AND run_id = ?", (tenant, run_id))

@@ -1,15 +1,19 @@
 -- Roost session store, PostgreSQL schema v7: work that outlives a request (roost.background).
 --
 -- The durable run queue: one row per queued run (its record is in runs, status 'queued',
--- unowned). Claimed with FOR UPDATE SKIP LOCKED, oldest due first.
+-- unowned). Claimed with FOR UPDATE SKIP LOCKED, lowest fair rank first among the due rows
+-- (rank: start-time fair queuing between tenants, see roost/background/store.py).
 CREATE TABLE run_queue (
     tenant      text COLLATE "C" NOT NULL,
     run_id      text COLLATE "C" NOT NULL,
     not_before  float8 NOT NULL,
     enqueued_at float8 NOT NULL,
+    rank        float8 NOT NULL,
     PRIMARY KEY (tenant, run_id)
 );
-CREATE INDEX run_queue_by_due ON run_queue (not_before, enqueued_at);
+CREATE INDEX run_queue_by_rank ON run_queue (rank, enqueued_at);
+CREATE INDEX run_queue_by_tenant_rank ON run_queue (tenant, rank);
+CREATE INDEX run_queue_by_due ON run_queue (not_before);
 
 -- Schedules: a cron expression that starts runs of an agent.
 CREATE TABLE schedules (
