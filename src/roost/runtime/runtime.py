@@ -463,6 +463,7 @@ class Runtime:
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
+            "background": {**self.background.statistics(), **self.scheduler.statistics()},
         }
 
 
