@@ -12,8 +12,11 @@ from roost.runtime.runtime import Runtime
 
 
 async def wait_for_status(runtime: Runtime, run_id: str, status: str) -> None:
+    """The store has no event to await: poll the record."""
     async with asyncio.timeout(10):
-        while (await runtime.store.get_run("default", run_id)).status != status:
+        while True:
+            if (await runtime.store.get_run("default", run_id)).status == status:
+                return
             await asyncio.sleep(0.02)
 
 

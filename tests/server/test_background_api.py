@@ -145,3 +145,8 @@ def test_schedule_create_fire_pause_delete(http: httpx.Client) -> None:
     assert http.get(f"/v1/agents/calculator/schedules/{schedule['id']}").status_code == 404
     assert http.delete(item).status_code == 204
     assert http.get(item).status_code == 404
+
+
+def test_a_cron_that_never_fires_is_refused(http: httpx.Client) -> None:
+    assert_problem(http.post("/v1/agents/weather/schedules",
+                             json={"cron": "0 0 31 2 *", "input": "x"}), 422, field="cron")

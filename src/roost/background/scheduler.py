@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from roost.background.config import BackgroundConfig
 from roost.background.records import Schedule
@@ -60,6 +60,10 @@ def check_cron(expression: str) -> str:
     if len(expression.split()) not in (5, 6) or not croniter.is_valid(expression):
         raise InvalidInput("not a cron expression (five fields, or six with seconds last)",
                            field="cron")
+    try:
+        croniter(expression, now()).get_next(float)
+    except (CroniterError, ValueError, OverflowError):  # valid, but no date matches
+        raise InvalidInput("the cron expression never fires", field="cron") from None
     return expression
 
 
@@ -185,7 +189,10 @@ class Scheduler:
         """When the schedule fires next (None while paused)."""
         if not schedule.enabled:
             return None
-        ticks, after = plan(schedule, now(), self.config.misfire_grace_s)
+        try:
+            ticks, after = plan(schedule, now(), self.config.misfire_grace_s)
+        except (CroniterError, ValueError, OverflowError):
+            return None
         return ticks[0] if ticks else after
 
     def _announce(self) -> None:
@@ -215,7 +222,11 @@ class Scheduler:
             for schedule in schedules:
                 if not schedule.enabled or self.runtime.draining:
                     continue
-                ticks, after = plan(schedule, now(), cfg.misfire_grace_s)
+                try:
+                    ticks, after = plan(schedule, now(), cfg.misfire_grace_s)
+                except (CroniterError, ValueError, OverflowError) as exc:
+                    log.warning("schedule %s: no next tick: %s", schedule.id, exc)
+                    continue
                 for tick in ticks:
                     await self._fire(schedule, tick)
                 wake = min(wake, after)

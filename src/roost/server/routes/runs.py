@@ -35,7 +35,9 @@ SSE_RESPONSE = {"content": {"text/event-stream": {
 
 
 @router.post("/v1/sessions/{session_id}/turns", response_model=TurnOut,
-             responses={200: SSE_RESPONSE})
+             responses={200: SSE_RESPONSE, 202: {
+                 "model": RunOut, "description": "queued: `background`, `run_at` or "
+                 "`Prefer: respond-async`; the run is at `Location`"}})
 async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Response:
     """Run one turn. JSON by default; SSE with `"stream": true` or `Accept: text/event-stream`.
 
