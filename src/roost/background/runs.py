@@ -188,12 +188,15 @@ class BackgroundRuns:
                     if taken and taken == limit:
                         continue  # a full batch: more may be due
                     if limit == 0:
+                        # Full: look again soon (or when one of our runs ends), without
+                        # asking the store anything meanwhile.
                         wait = cfg.busy_retry_s
-                    due = await self.queue.next_due()
-                    if due is not None:
-                        wait = max(0.0, min(wait, due - now()))
-                        if wait == 0.0 and limit == 0:
-                            wait = cfg.busy_retry_s
+                    else:
+                        due = await self.queue.next_due()
+                        if due is not None:
+                            # Due now but nothing taken: another instance holds those rows
+                            # (PostgreSQL skips locked rows); look again shortly, not at once.
+                            wait = max(0.0 if taken else 0.05, min(wait, due - now()))
                 except RoostError as exc:
                     log.warning("background worker: %s", exc)
             if wait > 0:
