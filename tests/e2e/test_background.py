@@ -58,6 +58,9 @@ def test_background_runs_survive_sigkill_of_their_instance(
         assert httpx.get(f"{b.url}/v1/runs/{run_id}").json()["attempt"] == 2
     listed = httpx.get(f"{b.url}/v1/runs", params={"agent": "researcher", "limit": 2}).json()
     assert len(listed["items"]) == 2 and listed["next_cursor"]
+    # b claimed the delayed run from the queue; a's runs it took over, not from the queue.
+    metrics = httpx.get(f"{b.url}/metrics").text
+    assert "roost_background_claimed_total 1.0" in metrics, metrics[-2000:]
 
 
 def _sessions_of(url: str, agent: str) -> list[dict[str, Any]]:
