@@ -31,7 +31,6 @@ class Schedule(msgspec.Struct, kw_only=True):
     user_id: str | None = None
     enabled: bool = True
     catch_up: CatchUp = "skip"
-    timeout_s: float | None = None
     created_at: float = msgspec.field(default_factory=now)
     updated_at: float = msgspec.field(default_factory=now)
     last_tick: float | None = None

@@ -120,7 +120,7 @@ class Scheduler:
     async def create(self, tenant: str, agent: str, *, cron: str, input: str,
                      timezone: str = "UTC", session_policy: str = "new",
                      session_id: str | None = None, enabled: bool = True,
-                     catch_up: str = "skip", timeout_s: float | None = None,
+                     catch_up: str = "skip",
                      user_id: str | None = None) -> Schedule:
         rt = self.runtime
         hosted = rt.agents.hosted(agent)  # AgentNotFound: 404
@@ -147,8 +147,7 @@ class Scheduler:
                             timezone=timezone, input=input,
                             session_policy=session_policy,  # type: ignore[arg-type]
                             session_id=session_id, user_id=user_id, enabled=enabled,
-                            catch_up=catch_up,  # type: ignore[arg-type]
-                            timeout_s=timeout_s)
+                            catch_up=catch_up)  # type: ignore[arg-type]
         await self.queue.put_schedule(schedule)
         self._announce()
         return schedule
