@@ -265,3 +265,20 @@ def test_approval_policy_from_config_and_description() -> None:
                 {"typo": 1}):
         with pytest.raises(ValueError):
             ApprovalPolicy.from_config(bad)
+
+
+async def test_a_waiting_run_can_be_cancelled_then_not_decided() -> None:
+    model = ScriptedModel([call("transfer", amount=1, to="Al"), "done"])
+    rt = await started(Agent(name="bank", model=model, tools=[transfer]))
+    try:
+        session = await rt.create_session("default", "bank")
+        run = await finish(await rt.submit_turn("default", session.id, "pay"))
+        cancelled = await rt.cancel_run("default", run.id)
+        assert cancelled.status == "cancelled" and cancelled.owner is None
+        log = await rt.store.read_events("default", session.id, limit=100)
+        assert log[-1].type == "run.cancelled"
+        with pytest.raises(Conflict):
+            await rt.decide_run("default", run.id, [DecisionRequest("approve")])
+        assert not executed
+    finally:
+        await rt.close()

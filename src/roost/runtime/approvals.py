@@ -93,6 +93,32 @@ class Approvals:
         self.expired += 1
         log.info("run %s: its wait expired (%s)", run.id, outcome)
 
+    async def cancel(self, run: RunRecord) -> RunRecord:
+        """Cancel a waiting run (nobody runs it, so nobody else can): claim it like a
+        decision would, then record its end (`run.cancelled`) in its log."""
+        rt = self.runtime
+        waiting, tail = await self._waiting_event(run)
+        claimed = await rt.store.claim_run(run.tenant, run.id, rt.instance_id, rt.leases.ttl,
+                                           statuses=("waiting",))
+        if claimed is None:
+            raise Conflict(f"run {run.id} was decided already", run_id=run.id)
+        try:
+            live = await rt.sessions.get(claimed.tenant, claimed.session_id,
+                                         rt.agents.policies_of)
+            await live.reload()
+            if live.session.last_seq != tail[-1].seq:
+                raise SessionMoved(f"session {live.id} moved on while run {run.id} waited")
+            claimed.status = "cancelled"
+            claimed.error = {"type": "cancelled", "reason": "user"}
+            claimed.disown()
+            await live.append([Event(type="run.cancelled", run_id=run.id,
+                                     data={"error": claimed.error,
+                                           "usage": claimed.usage_data()})], run=claimed)
+        except BaseException:
+            await self._give_back(claimed, waiting)
+            raise
+        return claimed
+
     # -- steps ----------------------------------------------------------------------------
     async def _waiting_event(self, run: RunRecord) -> tuple[Event, list[Event]]:
         """The run's `run.waiting` event and the session's newest events; `Conflict` when

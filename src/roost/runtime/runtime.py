@@ -387,6 +387,8 @@ class Runtime:
             if cancelled is not None:
                 return cancelled
             run = await self.store.get_run(tenant, run_id)  # a worker took it meanwhile
+        if run.status == "waiting":  # nobody runs it: end it here (see approvals.py)
+            return await self.approvals.cancel(run)
         if run.owner is None:
             raise Conflict(f"run {run_id} has no live owner to cancel it", run_id=run_id)
         self.control.cancel_remote(run.owner, tenant, run_id, "user")
