@@ -440,6 +440,7 @@ class Runtime:
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
+            "tools": self.agents.tool_policies.statistics(),
         }
 
 
