@@ -144,9 +144,11 @@ class Runner:
         ctx.messages.append(user)
 
         def first_step() -> list[Event]:
-            return [Event(type="run.started", run_id=ctx.run.id,
-                          data={"input": ctx.run.input, "agent": ctx.agent.name,
-                                "attempt": ctx.run.attempt}),
+            started = {"input": ctx.run.input, "agent": ctx.agent.name,
+                       "attempt": ctx.run.attempt}
+            if ctx.run.parent_run_id is not None:
+                started["parent_run_id"] = ctx.run.parent_run_id
+            return [Event(type="run.started", run_id=ctx.run.id, data=started),
                     Event(type="message", run_id=ctx.run.id, data=message_event_data(user))]
 
         try:

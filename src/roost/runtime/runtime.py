@@ -112,6 +112,10 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------
     def add_agent(self, agent: Agent) -> None:
         hosted = self.agents.add(agent)
+        for tool in hosted.tools.values():
+            bind = getattr(tool, "bind_runtime", None)  # agents as tools call this runtime
+            if bind is not None:
+                bind(self)
         if self.started:
             self.agents.set_state(hosted, "running")
 
