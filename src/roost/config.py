@@ -167,6 +167,8 @@ class AgentOverride(_Section):
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
+    # Other hosted agents this one may call as tools (roost.tools.agent_tool: child runs).
+    agent_tools: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

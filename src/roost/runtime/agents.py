@@ -25,6 +25,7 @@ from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
 from roost.tools.base import Tool, Toolset
+from roost.tools.agent_tool import AgentTool
 from roost.tools.policy import ToolPolicies
 from roost.tools.toolset import (
     close_toolset,
@@ -111,7 +112,8 @@ class AgentTable(Mapping[str, HostedAgent]):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
-        tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+        tools = (agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+                 + [AgentTool(name) for name in override.agent_tools])
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
