@@ -24,8 +24,8 @@ from roost.config import Settings
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
-from roost.tools.base import Tool, Toolset
 from roost.tools.agent_tool import AgentTool
+from roost.tools.base import Tool, Toolset
 from roost.tools.policy import ToolPolicies
 from roost.tools.toolset import (
     close_toolset,
