@@ -5,6 +5,6 @@
 -- before it read back with parent_run_id NULL (no parent).
 ALTER TABLE runs ADD COLUMN parent_run_id text COLLATE "C";
 
--- A parent's children, for GET /v1/runs?parent_run_id= and for operators; only child runs
+-- A parent's children (for operators, and a future runs filter); only child runs
 -- are indexed.
 CREATE INDEX runs_by_parent ON runs (tenant, parent_run_id) WHERE parent_run_id IS NOT NULL;
