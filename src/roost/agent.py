@@ -130,6 +130,14 @@ class Agent:
     def model_ref(self) -> str:
         return self.model if isinstance(self.model, str) else self.model.name
 
+    def as_tool(self, *, name: str | None = None, description: str | None = None,
+                timeout_s: float | None = None) -> Tool:
+        """This agent as a tool of another agent: each call is a child run of it
+        (`roost.tools.agent_tool.AgentTool`). The runtime must host this agent too."""
+        from roost.tools.agent_tool import AgentTool
+
+        return AgentTool(self, name=name, description=description, timeout_s=timeout_s)
+
     def function_tools(self) -> list[Tool]:
         return [t for t in self.tools if not isinstance(t, Toolset)]
 

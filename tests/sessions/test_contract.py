@@ -1007,3 +1007,19 @@ async def test_agent_states_survive_a_restart(store: Store) -> None:
         assert await other.agent_states() == expected
     finally:
         await other.close()
+
+
+async def test_a_child_runs_parent_round_trips(store: Store) -> None:
+    session = await make_session(store)
+    child = RunRecord(id=new_id("r"), session_id=session.id, agent="helper",
+                      parent_run_id="run_parent")
+    await store.put_run(child)
+    assert (await store.get_run(T, child.id)).parent_run_id == "run_parent"
+    v = await store.append(T, session.id, [Event(type="run.started", run_id=child.id)], 0,
+                           run=child)
+    child.status = "completed"
+    await store.append(T, session.id, [Event(type="run.completed", run_id=child.id)], v,
+                       run=child)
+    assert await store.get_run(T, child.id) == child
+    [listed] = await store.list_runs(T, session_id=session.id)
+    assert listed.parent_run_id == "run_parent"

@@ -26,8 +26,9 @@ from roost.sessions.usage import UsageTotals
 from tests.conftest import POSTGRES_URL, require_service
 
 # Migrations after the session store's: roost.auth's tables (API keys, the audit trail),
-# roost.background's, the approvals' index of waiting runs.
-LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background", "0008_waiting_runs"]
+# roost.background's, the approvals' index of waiting runs, child runs' parent.
+LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background", "0008_waiting_runs",
+                    "0010_run_parent"]
 T = "acme"
 CREATED = 1_700_000_000.0
 OLD_USAGE = '{"input_tokens":12,"output_tokens":3,"cost":0.5}'
@@ -86,8 +87,9 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         columns = {row[1]: row for row in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
-    assert versions == [(1,), (2,), (3,), (4,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
     assert columns["model"][2:5] == ("TEXT", 1, "''")  # type, NOT NULL, default
+    assert columns["parent_run_id"][2:5] == ("TEXT", 0, None)
     assert columns["owner"][2:5] == ("TEXT", 0, None)
     assert columns["lease_expires_at"][2:5] == ("REAL", 0, None)
 

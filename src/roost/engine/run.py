@@ -196,6 +196,8 @@ class Runner:
                                    "attempt": ctx.run.attempt}
         if ctx.budget is not None:  # the log carries it to wherever the run resumes
             started["budget"] = ctx.budget.to_data()
+        if ctx.run.parent_run_id is not None:
+            started["parent_run_id"] = ctx.run.parent_run_id
 
         def first_step() -> list[Event]:
             return [Event(type="run.started", run_id=ctx.run.id, data=dict(started)),

@@ -26,7 +26,9 @@ from roost.engine.run_budget import RunBudget
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
+from roost.tools.agent_tool import AgentTool
 from roost.tools.base import Tool, Toolset
+from roost.tools.policy import ToolPolicies
 from roost.tools.toolset import (
     close_toolset,
     resolve_tools,
@@ -77,6 +79,7 @@ class AgentTable(Mapping[str, HostedAgent]):
         self._mcp_servers: dict[str, Toolset] = {}  # [mcp_servers.NAME], shared by agents
         self._toolsets: list[Toolset] = []  # started by start_toolsets, closed by close
         self.max_timeout = 120.0  # the longest run timeout of any agent
+        self.tool_policies = ToolPolicies.from_config(settings.tool_policies)
 
     def __getitem__(self, name: str) -> HostedAgent:
         return self._agents[name]
@@ -91,7 +94,7 @@ class AgentTable(Mapping[str, HostedAgent]):
         if agent.name in self._agents:
             raise ConfigError(f"two agents are named {agent.name!r}", [("agents", agent.name)])
         agent = self._apply_overrides(agent)
-        tools = {t.name: t for t in agent.function_tools()}
+        tools = self.tool_policies.limit_tools(agent.function_tools())
         specs = [ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
                  for t in tools.values()]
         model = self.models.resolve(agent.model)
@@ -117,7 +120,8 @@ class AgentTable(Mapping[str, HostedAgent]):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
-        tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+        tools = (agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+                 + [AgentTool(name) for name in override.agent_tools])
         if "ask_user" in override.builtin_tools and not any(
                 getattr(t, "name", None) == "ask_user" for t in tools):
             from roost.tools.ask_user import ask_user
@@ -166,7 +170,7 @@ class AgentTable(Mapping[str, HostedAgent]):
             log.error("%s; keeping the agent's previous tools", exc.message)
             return
         # Replaced, not mutated: a run in flight keeps the table it started with.
-        hosted.tools, hosted.tool_specs = tools, specs
+        hosted.tools, hosted.tool_specs = self.tool_policies.limit_tools(tools.values()), specs
         hosted.gate = build_gate(tools.values(), hosted.agent.policies.approval)
 
     async def close_toolsets(self) -> None:

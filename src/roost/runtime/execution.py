@@ -51,8 +51,10 @@ class Executor:
         emit: Callable[[Event], None] = handle.channel.publish
         if rt.shared:
             emit = _fleet_emitter(emit, rt.bus, handle.run.id)
-        ctx = RunContext(agent=agent, model=hosted.model, tools=hosted.tools,
-                         tool_specs=hosted.tool_specs, session=live, run=handle.run,
+        tools, specs = rt.agents.tool_policies.for_tenant(handle.run.tenant,
+                                                          hosted.tools, hosted.tool_specs)
+        ctx = RunContext(agent=agent, model=hosted.model, tools=tools,
+                         tool_specs=specs, session=live, run=handle.run,
                          messages=messages, deadline=deadline, emit=emit,
                          stream=handle.stream, hooks=rt.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,

@@ -121,6 +121,10 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------
     def add_agent(self, agent: Agent) -> None:
         hosted = self.agents.add(agent)
+        for tool in hosted.tools.values():
+            bind = getattr(tool, "bind_runtime", None)  # agents as tools call this runtime
+            if bind is not None:
+                bind(self)
         if self.started:
             self.agents.set_state(hosted, "running")
 
@@ -478,6 +482,7 @@ class Runtime:
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
+            "tools": self.agents.tool_policies.statistics(),
             "background": {**self.background.statistics(), **self.scheduler.statistics()},
         }
 

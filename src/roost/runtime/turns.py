@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from roost.engine.compaction import needs_compaction
 from roost.engine.run_budget import RunBudget
 from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
-from roost.runtime.admission import Priority, Slot
+from roost.runtime.admission import InheritedSlot, Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
 from roost.runtime.handle import RunHandle, new_id
@@ -39,7 +39,8 @@ class Turns:
                      timeout_s: float | None = None, priority: Priority = "interactive",
                      idempotency_key: str | None = None,
                      claimed: RunRecord | None = None,
-                     budget: RunBudget | None = None) -> RunHandle:
+                     budget: RunBudget | None = None,
+                     parent_run_id: str | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy;
         `Replay` when `idempotency_key` names an earlier submission of the same turn.
@@ -50,9 +51,12 @@ class Turns:
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
         rt.check_store()
-        # Admission first: the overload decision costs microseconds and no store work.
-        slot = rt.admission.reserve(tenant, priority=priority,
-                                    deadline=time.monotonic() + (timeout_s or rt.agents.max_timeout))
+        # Admission first: the overload decision costs microseconds and no store work. A child
+        # run (an agent called as a tool) runs under its parent's slot: waiting for a slot
+        # its parent holds could deadlock (roost.tools.agent_tool).
+        slot = InheritedSlot() if parent_run_id is not None else rt.admission.reserve(
+            tenant, priority=priority,
+            deadline=time.monotonic() + (timeout_s or rt.agents.max_timeout))
         try:
             try:
                 live = await rt.sessions.get(tenant, session_id, rt.agents.policies_of)
@@ -76,7 +80,8 @@ class Turns:
             run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
                             agent=hosted.name, model=hosted.model.name, status="queued",
                             input=text, deadline=now() + timeout, owner=rt.instance_id,
-                            lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
+                            lease_expires_at=now() + rt.settings.runtime.lease_ttl_s,
+                            parent_run_id=parent_run_id)
         else:
             run = claimed
             run.deadline = now() + timeout

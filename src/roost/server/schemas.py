@@ -147,6 +147,7 @@ class RunOut(BaseModel):
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+    parent_run_id: str | None = None  # set on a child run (an agent called as a tool)
 
 
 class RunPage(BaseModel):

@@ -126,6 +126,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # has one): past that, another instance may claim it (`RunStore.claim_run`).
     owner: str | None = None
     lease_expires_at: float | None = None
+    # The run that called this one's agent as a tool (roost.tools.agent_tool), if any.
+    parent_run_id: str | None = None
 
     def disown(self) -> None:
         """The run ended (or was given back): nobody holds it, nobody may take it over."""
