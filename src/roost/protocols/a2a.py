@@ -174,7 +174,8 @@ class RoostRequestHandler(RequestHandler):
                                        status=pb.TaskStatus(state=pb.TASK_STATE_WORKING))
         first = True
         try:
-            async for text in answer_deltas(handle):
+            async for text in answer_deltas(
+                    handle, hold_steps=bool(self.runtime.hosted(run.agent).tool_specs)):
                 yield pb.TaskArtifactUpdateEvent(
                     task_id=run.id, context_id=run.session_id, append=not first,
                     last_chunk=False,

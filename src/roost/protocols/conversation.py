@@ -65,22 +65,40 @@ async def _seed(runtime: Runtime, tenant: str, session_id: str, history: list[Me
     live.remember(history, completed=True)
 
 
-async def answer_deltas(handle: RunHandle) -> AsyncIterator[str]:
+async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncIterator[str]:
     """The run's answer as text deltas while it runs; then whatever of its final output the
     deltas did not carry (a provider that did not stream, or a reader that fell behind the
-    channel's buffer: deltas are not persisted, the output is)."""
+    channel's buffer: deltas are not persisted, the output is).
+
+    Only the answer's text: a model may write text in a step that also calls tools ("Let me
+    look that up"), and whether a step calls tools is known only when the step ends (the
+    providers stream text first, tool calls after it). With `hold_steps` (an agent that has
+    tools) each step's deltas are held until its `message` event says which it was: the
+    final answer's are released, a tool step's dropped (its text stays in the session log).
+    An agent without tools has one step, the answer: its deltas pass through as they come."""
     sent: list[str] = []
+    held: list[str] = []
     try:
         async for batch in handle.channel.batches():
             for event in batch:
                 if event.type == "message.delta":
                     text = event.data.get("text", "")
-                    if text:
+                    if not text:
+                        continue
+                    if hold_steps:
+                        held.append(text)
+                        continue
+                    sent.append(text)
+                    yield text
+                elif event.type == "message" and event.data.get("role") == "assistant":
+                    if event.data.get("tool_calls"):
+                        # A step that called tools: its text (if any) was not the answer.
+                        sent.clear()
+                    elif held:
+                        text = "".join(held)
                         sent.append(text)
                         yield text
-                elif event.type == "message" and event.data.get("tool_calls"):
-                    # A step that called tools: its text (if any) was not the answer.
-                    sent.clear()
+                    held.clear()
                 elif event.type in _TERMINAL:
                     break
     except ChannelLagged:
