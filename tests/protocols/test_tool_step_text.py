@@ -45,8 +45,8 @@ def chatty_agent() -> Agent:
 
 
 def test_chat_stream_carries_only_the_final_answer(tmp_path: Path) -> None:
-    with serve(tmp_path, chatty_agent()) as live:
-        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    with serve(tmp_path, chatty_agent()) as live, openai.OpenAI(
+            base_url=f"{live.url}/v1", api_key="unused", max_retries=0) as client:
         stream = client.chat.completions.with_raw_response.create(
             model="chatty", messages=[{"role": "user", "content": "Weather in Oslo?"}],
             stream=True)
@@ -68,8 +68,8 @@ def test_chat_stream_carries_only_the_final_answer(tmp_path: Path) -> None:
 
 
 def test_responses_stream_carries_only_the_final_answer(tmp_path: Path) -> None:
-    with serve(tmp_path, chatty_agent()) as live:
-        client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
+    with serve(tmp_path, chatty_agent()) as live, openai.OpenAI(
+            base_url=f"{live.url}/v1", api_key="unused", max_retries=0) as client:
         events = list(client.responses.create(model="chatty", input="Weather in Oslo?",
                                               stream=True))
         deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
@@ -89,10 +89,10 @@ async def test_an_agent_without_tools_still_streams_word_by_word(tmp_path: Path)
                                 usage=Usage(), model="plain", finish_reason="stop")
 
     with serve(tmp_path, Agent(name="plain", model=Plain())) as live:
-        client = openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key="unused",
-                                    max_retries=0)
-        stream = await client.chat.completions.create(
-            model="plain", messages=[{"role": "user", "content": "hi"}], stream=True)
-        deltas = [c.choices[0].delta.content async for c in stream
-                  if c.choices and c.choices[0].delta.content]
+        async with openai.AsyncOpenAI(base_url=f"{live.url}/v1", api_key="unused",
+                                      max_retries=0) as client:
+            stream = await client.chat.completions.create(
+                model="plain", messages=[{"role": "user", "content": "hi"}], stream=True)
+            deltas = [c.choices[0].delta.content async for c in stream
+                      if c.choices and c.choices[0].delta.content]
         assert len(deltas) == len(ANSWER.split(" "))

@@ -13,14 +13,14 @@ Two ways in, the same `Runtime` calls underneath (`create_session`, `submit_turn
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from roost.engine.context import message_event_data
 from roost.errors import InvalidInput
 from roost.models.base import Message
 from roost.runtime.bus import ChannelLagged
 from roost.runtime.runtime import RunHandle, Runtime
-from roost.sessions.records import Event
+from roost.sessions.records import Event, RunRecord
 
 #: metadata on sessions a protocol created, so operators can tell them apart
 PROTOCOL_KEY = "protocol"
@@ -65,10 +65,20 @@ async def _seed(runtime: Runtime, tenant: str, session_id: str, history: list[Me
     live.remember(history, completed=True)
 
 
-async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncIterator[str]:
-    """The run's answer as text deltas while it runs; then whatever of its final output the
-    deltas did not carry (a provider that did not stream, or a reader that fell behind the
-    channel's buffer: deltas are not persisted, the output is).
+async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncGenerator[str, None]:
+    """The answer of a run this process drives, as text deltas (see `text_deltas`)."""
+    async for text in text_deltas(handle.channel.batches(), handle.wait, hold_steps=hold_steps):
+        yield text
+
+
+async def text_deltas(batches: AsyncIterator[list[Event]],
+                      final: Callable[[], Awaitable[RunRecord]], *,
+                      hold_steps: bool) -> AsyncGenerator[str, None]:
+    """A run's answer as text deltas from its event batches (its live channel here, or
+    `Runtime.follow` for a run driven by another instance), to its end; then whatever of its
+    final output (`final()`, the ended run) the deltas did not carry (a provider that did not
+    stream, events read from the log, or a reader that fell behind the channel's buffer:
+    deltas are not persisted, the output is).
 
     Only the answer's text: a model may write text in a step that also calls tools ("Let me
     look that up"), and whether a step calls tools is known only when the step ends (the
@@ -79,7 +89,7 @@ async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncIterator
     sent: list[str] = []
     held: list[str] = []
     try:
-        async for batch in handle.channel.batches():
+        async for batch in batches:
             for event in batch:
                 if event.type == "message.delta":
                     text = event.data.get("text", "")
@@ -103,7 +113,7 @@ async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncIterator
                     break
     except ChannelLagged:
         pass
-    run = await handle.wait()
+    run = await final()
     output = run.output or ""
     streamed = "".join(sent)
     if run.status == "completed" and output.startswith(streamed) and output != streamed:
