@@ -235,7 +235,7 @@ class Runner:
 
         async def one(call: ToolCall) -> None:
             async with limit:
-                content, outcome, duration = await self._call_tool(call)
+                content, outcome, duration, kept = await self._call_tool(call)
             policies = self.ctx.agent.policies
             content, artifact = await offload_if_large(
                 content, limit_bytes=policies.max_tool_result_bytes, store=self.ctx.artifacts,
@@ -246,6 +246,8 @@ class Runner:
                 "duration_ms": round(duration * 1000, 3)}
             if artifact is not None:
                 data["artifact"] = artifact
+            if kept:  # what the tool itself stored (an MCP server's images, say)
+                data["artifacts"] = kept
             result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
             async with self._append_lock:
                 self.ctx.messages.append(result)
@@ -264,19 +266,19 @@ class Runner:
             # failure; an ExceptionGroup would hide its type from the caller.
             raise group.exceptions[0] from None
 
-    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float]:
+    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float, list[dict[str, Any]]]:
         ctx = self.ctx
         tool = ctx.tools.get(call.name)
         started = time.perf_counter()
         if tool is None:
-            return f"Error: unknown tool {call.name!r}", "error", 0.0
+            return f"Error: unknown tool {call.name!r}", "error", 0.0, []
         loop = asyncio.get_running_loop()
         timeout = tool.timeout_s or ctx.agent.limits.tool_timeout_s
         tool_deadline = min(ctx.deadline, loop.time() + timeout)
         token = ctx.hooks.tool_start(ctx.run, call.name, call.id)
         context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
                               agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
-                              state=ctx.session.state)
+                              state=ctx.session.state, artifacts=ctx.artifacts)
         outcome = "ok"
         error: BaseException | None = None
         try:
@@ -297,7 +299,7 @@ class Runner:
         except Exception as exc:
             outcome, error, content = "error", exc, f"Error: {type(exc).__name__}: {exc}"
         ctx.hooks.tool_end(token, outcome, error)
-        return content, outcome, time.perf_counter() - started
+        return content, outcome, time.perf_counter() - started, context.kept
 
     # -- persistence ----------------------------------------------------------------------
     async def _append(self, events: list[Event], *, with_run: bool = False) -> None:
