@@ -191,7 +191,8 @@ def _mcp_paths() -> dict[str, Any]:
     accepted = {"description": "a notification or a response from the client: accepted"}
     stream = {"description": "the server-to-client stream (empty: the transport is stateless)",
               "content": {_SSE: {"schema": {"type": "string"}}}}
-    operation = {"tags": ["mcp"], "responses": {"200": answer, "4XX": other, "5XX": other}}
+    responses: dict[str, Any] = {"200": answer, "4XX": other, "5XX": other}
+    operation: dict[str, Any] = {"tags": ["mcp"], "responses": responses}
     return {"/mcp": {
         "post": {**operation, "operationId": "mcpRequest",
                  "summary": "MCP (streamable HTTP): each agent is a tool",
@@ -199,11 +200,11 @@ def _mcp_paths() -> dict[str, Any]:
                                 "one per agent, `{input, session_id?}`.",
                  "requestBody": {"required": True, "content": {_JSON: {
                      "schema": _ref("JSONRPCRequest")}}},
-                 "responses": {**operation["responses"], "202": accepted}},
+                 "responses": {**responses, "202": accepted}},
         "get": {**operation, "operationId": "mcpStream",
                 "summary": "MCP server-to-client stream (nothing is sent on it: the transport "
                            "is stateless)",
-                "responses": {**operation["responses"], "200": stream}},
+                "responses": {**responses, "200": stream}},
         "delete": {**operation, "operationId": "mcpEndSession",
                    "summary": "End an MCP session (not offered: the transport is stateless)"}}}
 
