@@ -32,7 +32,7 @@ from roost.auth.budgets import BudgetGate, UsageQuery
 from roost.auth.chain import Auth
 from roost.auth.permissions import RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
-from roost.errors import RoostError, RunNotFound, SessionNotFound
+from roost.errors import InvalidInput, RoostError, RunNotFound, SessionNotFound
 from roost.server import problems
 from roost.server.problems import problem
 from roost.sessions.usage import UsageTotals
@@ -219,6 +219,14 @@ class AuthEdge:
             query.append(("user_id", principal.user_id or ""))
             scope["query_string"] = urlencode(query).encode("latin-1")
             return None
+        if template == "/v1/runs" and scope["method"] in ("GET", "HEAD"):
+            # Runs carry no user: a user-scoped caller lists the runs of one session of
+            # their own.
+            params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+            if "session_id" not in params:
+                return InvalidInput("user-scoped callers list the runs of one of their "
+                                    "sessions: pass session_id", field="session_id")
+            target, template = params["session_id"], "/v1/sessions/{session_id}"
         if target is None:
             return None
         try:
