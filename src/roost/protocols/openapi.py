@@ -214,7 +214,7 @@ def _a2a_paths() -> dict[str, Any]:
     missing = {"description": "no such agent"}
     return {
         "/a2a/{agent}": {"post": {
-            "operationId": "a2aRequest", "tags": ["a2a"],
+            "operationId": "callAgentRpc", "tags": ["a2a"],
             "summary": "A2A JSON-RPC: SendMessage, SendStreamingMessage, GetTask, CancelTask, "
                        "SubscribeToTask (and A2A 0.3's names)",
             "parameters": [agent],
@@ -227,11 +227,11 @@ def _a2a_paths() -> dict[str, Any]:
                           "404": missing, "4XX": {"description": "refused"},
                           "5XX": {"description": "unavailable"}}}},
         "/a2a/{agent}/.well-known/agent-card.json": {"get": {
-            "operationId": "a2aAgentCard", "tags": ["a2a"], "summary": "An agent's A2A card",
+            "operationId": "getAgentCard", "tags": ["a2a"], "summary": "An agent's A2A card",
             "parameters": [agent],
             "responses": {"200": _json(_ref("AgentCard"), "the card"), "404": missing}}},
         "/.well-known/agent-card.json": {"get": {
-            "operationId": "a2aCard", "tags": ["a2a"],
+            "operationId": "getRootAgentCard", "tags": ["a2a"],
             "summary": "The first agent's card, every agent listed as a skill",
             "responses": {"200": _json(_ref("AgentCard"), "the card"), "404": missing}}},
     }
