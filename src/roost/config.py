@@ -168,6 +168,8 @@ class AgentOverride(_Section):
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
+    builtin_tools: list[Literal["ask_user"]] = Field(
+        default_factory=list, description="built-in tools to add: ask_user")
 
 
 class Settings(BaseSettings):

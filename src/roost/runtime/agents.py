@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from roost.agent import Agent, Limits, Policies
 from roost.config import Settings
+from roost.engine.approval import ApprovalGate, build_gate
+from roost.engine.run_budget import RunBudget
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
@@ -55,6 +57,10 @@ class HostedAgent:
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     system: Message | None = None
     summariser: Model | None = None  # the compaction model, when compaction is on
+    # Which calls wait for a person (None: none ever does; see engine/approval.py).
+    gate: ApprovalGate | None = None
+    # The agent's per-run budget limits (None: unlimited).
+    budget: RunBudget | None = None
 
     @property
     def name(self) -> str:
@@ -95,6 +101,8 @@ class AgentTable(Mapping[str, HostedAgent]):
                              if agent.instructions else None,
                              summariser=(self.models.resolve(compaction.model)
                                          if compaction.model else model) if compaction else None)
+        hosted.gate = build_gate(tools.values(), agent.policies.approval)
+        hosted.budget = agent.limits.run_budget()
         self._agents[agent.name] = hosted
         self.max_timeout = max(h.agent.limits.run_timeout_s for h in self._agents.values())
         return hosted
@@ -110,6 +118,11 @@ class AgentTable(Mapping[str, HostedAgent]):
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
         tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+        if "ask_user" in override.builtin_tools and not any(
+                getattr(t, "name", None) == "ask_user" for t in tools):
+            from roost.tools.ask_user import ask_user
+
+            tools.append(ask_user)
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
@@ -154,6 +167,7 @@ class AgentTable(Mapping[str, HostedAgent]):
             return
         # Replaced, not mutated: a run in flight keeps the table it started with.
         hosted.tools, hosted.tool_specs = tools, specs
+        hosted.gate = build_gate(tools.values(), hosted.agent.policies.approval)
 
     async def close_toolsets(self) -> None:
         """Close the toolsets, and the tools that hold a connection (`close()`: A2A)."""
