@@ -191,7 +191,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)
     # MCP servers agents can use (`mcp_servers = [...]` per agent): command/args/env/cwd or
-    # url/headers, and prefix, timeout_s (see roost.tools.mcp.MCPToolset).
+    # url/headers, and prefix, timeout_s, max_artifact_bytes, inline_text_bytes (see
+    # roost.tools.mcp.MCPToolset).
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Per-tool concurrency and rate limits, per-tenant allow/deny lists of tools
     # (roost.tools.policy): [tool_policies.limits.NAME], [tool_policies.tenants.TENANT].

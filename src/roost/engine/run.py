@@ -348,7 +348,7 @@ class Runner:
 
         async def one(call: ToolCall) -> None:
             async with limit:
-                content, outcome, duration = await self._call_tool(call)
+                content, outcome, duration, kept = await self._call_tool(call)
             self.ctx.tool_calls += 1
             policies = self.ctx.agent.policies
             content, artifact = await offload_if_large(
@@ -360,6 +360,8 @@ class Runner:
                 "duration_ms": round(duration * 1000, 3)}
             if artifact is not None:
                 data["artifact"] = artifact
+            if kept:  # what the tool itself stored (an MCP server's images, say)
+                data["artifacts"] = kept
             result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
             async with self._append_lock:
                 self.ctx.messages.append(result)
@@ -378,16 +380,16 @@ class Runner:
             # failure; an ExceptionGroup would hide its type from the caller.
             raise group.exceptions[0] from None
 
-    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float]:
+    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float, list[dict[str, Any]]]:
         ctx = self.ctx
         tool = ctx.tools.get(call.name)
         started = time.perf_counter()
         if tool is None:
-            return f"Error: unknown tool {call.name!r}", "error", 0.0
+            return f"Error: unknown tool {call.name!r}", "error", 0.0, []
         if ctx.gate is not None and (decision := ctx.gate.decisions.get(call.id)) is not None:
             decided = decision.result()
             if decided is not None:  # rejected (the reason) or answered: nothing runs
-                return decided[0], decided[1], 0.0
+                return decided[0], decided[1], 0.0, []
             if decision.arguments is not None:  # approved with the person's arguments
                 call = ToolCall(id=call.id, name=call.name, arguments=decision.arguments)
         loop = asyncio.get_running_loop()
@@ -396,7 +398,7 @@ class Runner:
         token = ctx.hooks.tool_start(ctx.run, call.name, call.id)
         context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
                               agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
-                              state=ctx.session.state)
+                              state=ctx.session.state, artifacts=ctx.artifacts)
         outcome = "ok"
         error: BaseException | None = None
         try:
@@ -417,7 +419,7 @@ class Runner:
         except Exception as exc:
             outcome, error, content = "error", exc, f"Error: {type(exc).__name__}: {exc}"
         ctx.hooks.tool_end(token, outcome, error)
-        return content, outcome, time.perf_counter() - started
+        return content, outcome, time.perf_counter() - started, context.kept
 
     # -- persistence ----------------------------------------------------------------------
     async def _append(self, events: list[Event], *, with_run: bool = False) -> None:
