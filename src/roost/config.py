@@ -167,6 +167,8 @@ class AgentOverride(_Section):
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
+    # [[agents.NAME.guardrails]] tables, after the agent's own (roost.guardrails.config)
+    guardrails: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from roost.agent import Agent, Limits, Policies
 from roost.config import Settings
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
+from roost.guardrails.config import guardrail_from_config
+from roost.guardrails.pipeline import Guardrails
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
 from roost.tools.base import Tool, Toolset
@@ -55,6 +57,7 @@ class HostedAgent:
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     system: Message | None = None
     summariser: Model | None = None  # the compaction model, when compaction is on
+    guardrails: Guardrails | None = None  # None: none configured, nothing to pay
 
     @property
     def name(self) -> str:
@@ -94,7 +97,8 @@ class AgentTable(Mapping[str, HostedAgent]):
                              system=Message(role="system", content=agent.instructions)
                              if agent.instructions else None,
                              summariser=(self.models.resolve(compaction.model)
-                                         if compaction.model else model) if compaction else None)
+                                         if compaction.model else model) if compaction else None,
+                             guardrails=Guardrails.of(agent.guardrails))
         self._agents[agent.name] = hosted
         self.max_timeout = max(h.agent.limits.run_timeout_s for h in self._agents.values())
         return hosted
@@ -110,10 +114,13 @@ class AgentTable(Mapping[str, HostedAgent]):
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
         tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+        guardrails = agent.guardrails + [
+            guardrail_from_config(table, f"agents.{agent.name}.guardrails[{i}]")
+            for i, table in enumerate(override.guardrails)]
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
-                     model_settings=agent.model_settings)
+                     model_settings=agent.model_settings, guardrails=guardrails)
 
     def _mcp_server(self, name: str) -> Toolset:
         known = self._mcp_servers.get(name)

@@ -55,7 +55,8 @@ class Executor:
                          messages=messages, deadline=deadline, emit=emit,
                          stream=handle.stream, hooks=rt.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
-                         artifacts=rt.artifacts)
+                         artifacts=rt.artifacts, guardrails=hosted.guardrails,
+                         input_decisions=handle.guardrails)
         handle.ctx = ctx
         handle.started = True
         # The run's record is first written by its first append, maybe long after it was

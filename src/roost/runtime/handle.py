@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from roost.engine.run import RunContext
+from roost.guardrails.base import Decision
 from roost.models.base import Message
 from roost.runtime.bus import RunChannel
 from roost.sessions.records import Event, RunRecord
@@ -32,6 +33,8 @@ class RunHandle:
     conversation: list[Message] = field(default_factory=list)
     # Holds this session's store lease (shared stores): released when the run ends.
     leased: bool = False
+    # What the input guardrails changed or flagged (recorded on `run.started`).
+    guardrails: list[Decision] = field(default_factory=list)
 
     async def wait(self) -> RunRecord:
         return await asyncio.shield(self.done)

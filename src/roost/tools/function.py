@@ -83,8 +83,12 @@ class FunctionTool:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        untrusted: bool = False,
     ) -> None:
         self.fn = fn
+        # Its results come from outside (web pages, mail, other people's text): the
+        # prompt-injection guardrail checks them (roost.guardrails.injection).
+        self.untrusted = untrusted
         self.name = name or fn.__name__
         if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", self.name):
             raise ValueError(f"tool name {self.name!r} must match [a-zA-Z0-9_-]{{1,64}}")
@@ -153,7 +157,8 @@ def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None,
+    untrusted: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -164,10 +169,13 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
+    untrusted: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
-    """Turn a typed function (sync or async) into a tool. Usable bare or with options."""
+    """Turn a typed function (sync or async) into a tool. Usable bare or with options;
+    `untrusted=True` marks results written by third parties (see roost.guardrails)."""
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
-        return FunctionTool(f, name=name, description=description, timeout_s=timeout_s)
+        return FunctionTool(f, name=name, description=description, timeout_s=timeout_s,
+                            untrusted=untrusted)
 
     return wrap(fn) if fn is not None else wrap
