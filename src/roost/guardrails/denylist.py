@@ -1,19 +1,20 @@
 """`DenyList`: regular expressions a text must not match.
 
-    DenyList([r"\\bproject\\s+falcon\\b", r"(?i)internal use only"], mode="reject")
+    DenyList([r"\\bproject\\s+falcon\\b", r"internal use only"], mode="reject")
 
-The patterns are compiled once into one alternation, so a check is a single scan of the
-text whatever their number. `mode = "redact"` replaces each match with `replacement`
-instead of refusing the text.
+Patterns are RE2 syntax (`matching.py`: linear time, no lookarounds or backreferences),
+matched all at once in one pass whatever their number. `mode = "redact"` replaces each
+match with `replacement` instead of refusing the text. Case is ignored unless
+`ignore_case = false`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Literal
 
 from roost.guardrails.base import PASS, GuardrailContext, Stage, Verdict
+from roost.guardrails.matching import compile_pattern, compile_set, options
 
 DenyMode = Literal["reject", "redact"]
 
@@ -25,31 +26,24 @@ class DenyList:
         self.patterns = list(patterns)
         if not self.patterns:
             raise ValueError(f"{name}: give at least one pattern")
-        compiled = []
-        for index, pattern in enumerate(self.patterns):
-            try:
-                compiled.append(re.compile(pattern))
-            except re.error as exc:
-                raise ValueError(f"{name}: patterns[{index}] is not a valid regular "
-                                 f"expression: {exc}") from None
         if mode not in ("reject", "redact"):
             raise ValueError(f"{name}: mode must be 'reject' or 'redact'")
+        opts = options(ignore_case=ignore_case)
+        for index, pattern in enumerate(self.patterns):
+            compile_pattern(pattern, opts, f"{name}: patterns[{index}]")
         self.mode = mode
         self.stages = frozenset(stages)
         self.replacement = replacement
         self.name = name
-        # One scan: the alternation of every pattern, each in its own group so the match
-        # tells which one it was (named in the rejection).
-        self._any = re.compile("|".join(f"(?:{p.pattern})" for p in compiled),
-                               re.IGNORECASE if ignore_case else 0)
-        self._each = [re.compile(p.pattern, self._any.flags) for p in compiled]
+        self._set = compile_set(self.patterns, opts)  # which patterns match, one pass
+        self._any = compile_pattern("|".join(f"(?:{p})" for p in self.patterns), opts,
+                                    f"{name}: patterns")
 
     def check(self, text: str, ctx: GuardrailContext) -> Verdict:
-        found = self._any.search(text)
-        if found is None:
+        found = self._set.Match(text)
+        if not found:
             return PASS
-        index = next((i for i, p in enumerate(self._each) if p.match(text, found.start())), 0)
         if self.mode == "reject":
-            return Verdict.reject(f"the {ctx.stage} matches denied pattern {index}")
+            return Verdict.reject(f"the {ctx.stage} matches denied pattern {min(found)}")
         redacted, count = self._any.subn(self.replacement, text)
         return Verdict.transform(redacted, f"{count} denied match(es) redacted")
