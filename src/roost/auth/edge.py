@@ -34,6 +34,7 @@ from roost.auth.permissions import RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from roost.errors import RoostError, RunNotFound, SessionNotFound
 from roost.server import problems
+from roost.server.forwarded import PEER
 from roost.server.problems import problem
 from roost.sessions.usage import UsageTotals
 
@@ -99,7 +100,8 @@ class AuthEdge:
                                       "this route needs credentials: Authorization: Bearer <key> "
                                       "or X-API-Key", action, None, target)
         if header_value is not None and header_value != principal.tenant:
-            if principal.is_admin or self.auth.trusted_proxy(scope.get("client")):
+            # The TCP peer (roost.peer behind a trusted proxy), never a forwarded address.
+            if principal.is_admin or self.auth.trusted_proxy(scope.get(PEER, scope.get("client"))):
                 principal = principal.in_tenant(header_value)
             else:
                 return await self._refuse(scope, receive, send, 403, "forbidden",

@@ -32,6 +32,7 @@ from roost.observability import Observability, ObservabilityMiddleware
 from roost.protocols.mount import Protocols
 from roost.runtime.runtime import Runtime
 from roost.server import problems
+from roost.server.forwarded import ForwardedClient
 from roost.server.hotpath import HotPath
 from roost.server.limits import BodySizeLimit
 from roost.server.routes import (
@@ -164,4 +165,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
         entry = ObservabilityMiddleware(entry, observability=observability)
+    if settings.transport.trusted_proxies:  # outermost: everyone inside sees the real client
+        entry = ForwardedClient(entry, settings.transport.trusted_proxies,
+                                max_in_flight_per_client=settings.transport
+                                .max_connections_per_client)
     return RoostApp(app, entry)

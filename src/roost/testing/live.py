@@ -38,7 +38,7 @@ class LiveServer:
         # `app`: the runtime's app built otherwise (with observability, auth, …)
         config = uvicorn.Config(app or create_app(runtime), host="127.0.0.1", port=self.port,
                                 log_level=None, access_log=False, lifespan="on",
-                                log_config=None)
+                                log_config=None, proxy_headers=False)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="roost-live-server",
                                         daemon=True)
