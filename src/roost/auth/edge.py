@@ -30,9 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from roost.auth.audit import STATE_CHANGING
 from roost.auth.budgets import BudgetGate, UsageQuery
 from roost.auth.chain import Auth
-from roost.auth.permissions import RouteTable, allowed
+from roost.auth.permissions import PROTOCOL_ROUTES, RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
-from roost.errors import RoostError, RunNotFound, SessionNotFound
+from roost.errors import ArtifactNotFound, RoostError, RunNotFound, SessionNotFound
+from roost.runtime.scope import ACTING_USER
 from roost.server import problems
 from roost.server.forwarded import PEER
 from roost.server.problems import problem
@@ -137,24 +138,34 @@ class AuthEdge:
                                           "spent", action, principal, target,
                                           retry_after=retry_after)
         scope[PRINCIPAL] = principal
-        if method not in STATE_CHANGING or not self.trail.enabled:
-            await self.app(scope, receive, send)
-            return
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        acting = None
+        if (self.user_scoped and principal.role == "user"
+                and (method, template) in PROTOCOL_ROUTES):
+            # Their ids are in the bodies: the runtime scopes those lookups itself.
+            acting = ACTING_USER.set(principal.user_id)
         try:
-            await self.app(scope, receive, send_status)
+            if method not in STATE_CHANGING or not self.trail.enabled:
+                await self.app(scope, receive, send)
+                return
+            status = 0
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                outcome = "ok" if 0 < status < 400 else "failed"
+                self.trail.record(action=action, outcome=outcome, status=status or 500,
+                                  principal=principal, tenant=principal.tenant, target=target,
+                                  request_id=scope.get("roost.request_id"),
+                                  client=_client(scope))
         finally:
-            outcome = "ok" if 0 < status < 400 else "failed"
-            self.trail.record(action=action, outcome=outcome, status=status or 500,
-                         principal=principal, tenant=principal.tenant, target=target,
-                         request_id=scope.get("roost.request_id"), client=_client(scope))
+            if acting is not None:
+                ACTING_USER.reset(acting)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                       detail: str, action: str, principal: Principal | None,
@@ -221,6 +232,10 @@ class AuthEdge:
             query.append(("user_id", principal.user_id or ""))
             scope["query_string"] = urlencode(query).encode("latin-1")
             return None
+        if template == "/v1/artifacts/{artifact_id}":
+            # Tenant-wide ids: a user-scoped user reads artifacts through their session
+            # (/v1/sessions/{id}/artifacts/{artifact_id}), where ownership is checked.
+            return ArtifactNotFound(f"no artifact {target}", artifact_id=target)
         if target is None:
             return None
         try:

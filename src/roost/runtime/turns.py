@@ -15,9 +15,17 @@ import time
 from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
-from roost.errors import InputRejected, InvalidInput, RoostError, SessionBusy, StoreUnavailable
+from roost.errors import (
+    InputRejected,
+    InvalidInput,
+    RoostError,
+    SessionBusy,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from roost.guardrails.base import Decision, GuardrailContext
 from roost.guardrails.pipeline import Rejected
+from roost.runtime import scope
 from roost.runtime.admission import Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
@@ -55,6 +63,8 @@ class Turns:
             except StoreUnavailable:
                 rt.store_failed()
                 raise
+            if scope.hidden(live.session):  # user-scoped protocol request, another's session
+                raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
             hosted = rt.agents.hosted(live.session.agent)
             limits = hosted.agent.limits
             if not text or not text.strip():
