@@ -10,9 +10,11 @@ For every HTTP request, in this order:
 3. the tenant: the principal's; `server.tenant_header` may name another only for admins or
    requests from `auth.trusted_proxies` (anyone else naming a different tenant → 403);
 4. the role must hold the route's permission → else 403;
-5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs) whose user_id
-   is theirs — anything else answers 404, like another tenant's object;
-6. a turn of a tenant whose budget is spent → 429 `budget_exceeded` (`budgets.py`);
+5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs, artifacts, and
+   the ids the protocol adapters take: `roost.runtime.scope`) whose user_id is theirs —
+   anything else answers 404, like another tenant's object;
+6. a turn (native or through a protocol) of a tenant, or with an API key, whose budget is
+   spent → 429 `budget_exceeded` (`budgets.py`, `keybudgets/`);
 7. `scope["roost.principal"]` carries the result to the routes (`tenant_of`, `principal_of`).
 
 State-changing calls and refusals go to the audit log (`audit.py`). The cost on a cached
@@ -30,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from roost.auth.audit import STATE_CHANGING
 from roost.auth.budgets import BudgetGate, UsageQuery
 from roost.auth.chain import Auth
+from roost.auth.keybudgets import CHARGE_TO
 from roost.auth.permissions import PROTOCOL_ROUTES, RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
 from roost.errors import ArtifactNotFound, RoostError, RunNotFound, SessionNotFound
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="roost"'}
 _TURNS = "/v1/sessions/{session_id}/turns"
+# Requests that start runs, the ones budgets admit or refuse: native turns and the
+# protocol adapters' (an MCP POST may also be a tools/list: refused alike when spent).
+_SPENDING = frozenset({("POST", _TURNS), ("POST", "/v1/chat/completions"),
+                       ("POST", "/v1/responses"), ("POST", "/mcp"), ("POST", "/a2a/{agent}")})
 
 
 class AuthEdge:
@@ -129,12 +136,26 @@ class AuthEdge:
                                  client=_client(scope), reason="user_scoped")
                 await problems.error_response(hidden, method, path)(scope, receive, send)
                 return
-        if self.budgets is not None and template == _TURNS and method == "POST":
-            exceeded = await self.budgets.check(principal.tenant)
+        charging = None
+        if (self.budgets is not None or principal.budget is not None) and (
+                (method, template) in _SPENDING):
+            exceeded = None
+            if self.budgets is not None:
+                exceeded = await self.budgets.check(principal.tenant)
+                whose = "tenant"
+            key_budgets = self.auth.key_budgets
+            if (exceeded is None and principal.budget is not None and key_budgets is not None
+                    and principal.key_id is not None):
+                exceeded = await key_budgets.check(principal.key_id, principal.budget)
+                whose = "API key"
+                # The runs this request starts are charged to the key when they end.
+                charging = CHARGE_TO.set(principal.key_id)
             if exceeded is not None:
+                if charging is not None:
+                    CHARGE_TO.reset(charging)
                 what, retry_after = exceeded
                 return await self._refuse(scope, receive, send, 429, "budget_exceeded",
-                                          f"the tenant's {what.replace('_', ' ')} budget is "
+                                          f"the {whose}'s {what.replace('_', ' ')} budget is "
                                           "spent", action, principal, target,
                                           retry_after=retry_after)
         scope[PRINCIPAL] = principal
@@ -166,6 +187,8 @@ class AuthEdge:
         finally:
             if acting is not None:
                 ACTING_USER.reset(acting)
+            if charging is not None:
+                CHARGE_TO.reset(charging)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                       detail: str, action: str, principal: Principal | None,

@@ -89,6 +89,9 @@ class Runtime:
         self.store = store or open_store(self.settings.store.url, **self.settings.store.options)
         self.models = models or ModelRegistry(self.settings.providers, self.settings.models)
         self.hooks = hooks
+        # Called with each run's record as its task ends, in that task (its context holds
+        # what the request that started it set: roost.auth.keybudgets charges a key so).
+        self.run_end_listeners: list[Callable[[RunRecord], None]] = []
         artifacts = self.settings.artifacts
         self.artifacts: ArtifactStore = (
             open_artifact_store(artifacts.url, **artifacts.options) if artifacts.url
@@ -335,6 +338,11 @@ class Runtime:
         self.runs.pop(run.id, None)
         self.sessions.unpin(live)
         handle.finish()
+        for listener in self.run_end_listeners:
+            try:
+                listener(run)
+            except Exception:  # a listener's bug must not break the run's cleanup
+                log.exception("a run-end listener failed on run %s", run.id)
 
     def live_run(self, tenant: str, run_id: str) -> RunHandle | None:
         """The run when this process drives it."""

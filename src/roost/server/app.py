@@ -159,6 +159,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     entry = protocols.wrap(entry)
     edge = AuthEdge(entry, auth, runtime)
     app.state.budgets = edge.budgets  # shown by GET /v1/usage
+    if auth.key_budgets is not None:  # keys' own budgets: charged when their runs end
+        runtime.run_end_listeners.append(auth.key_budgets.charge)
     entry = edge
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     entry = harden(entry, settings.transport)
