@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from roost.auth.cli import keys_app
+from roost.background.cli import schedules_app
 from roost.config import Settings, load_settings
 from roost.errors import ConfigError, RoostError
 
@@ -38,6 +39,7 @@ config_app = typer.Typer(help="Check configuration.", no_args_is_help=True,
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
+app.add_typer(schedules_app, name="schedules")
 
 # soft_wrap: a long line (an id, a URL) stays one line in a pipe or a narrow terminal.
 console = Console(soft_wrap=True)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from roost.auth.config import AuthConfig
+from roost.background.config import BackgroundConfig
 from roost.errors import ConfigError
 from roost.observability.config import ObservabilityConfig
 from roost.server.transport import TransportConfig
@@ -183,6 +184,7 @@ class Settings(BaseSettings):
     artifacts: ArtifactsConfig = Field(default_factory=lambda: ArtifactsConfig())
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig())
+    background: BackgroundConfig = Field(default_factory=lambda: BackgroundConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)

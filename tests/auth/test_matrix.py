@@ -22,7 +22,7 @@ from tests.auth.conftest import ROLES, echo_agent
 # Ids that exist nowhere: an allowed call gets 404 or 422, never a side effect.
 PARAMS = {"name": "nope", "session_id": "ses_nope", "run_id": "run_nope",
           "artifact_id": "art_nope", "key_id": "000000000000", "model": "nope",
-          "response_id": "resp_nope", "agent": "nope"}
+          "response_id": "resp_nope", "agent": "nope", "schedule_id": "sch_nope"}
 # Calls that would do real work when allowed get an invalid argument instead.
 QUERY = {"/v1/admin/profile": "?seconds=0"}
 

@@ -25,8 +25,9 @@ from roost.sessions.sqlite import SQLiteStore
 from roost.sessions.usage import UsageTotals
 from tests.conftest import POSTGRES_URL, require_service
 
-# roost.auth's tables (API keys, the audit trail) come after the session store's.
-AUTH_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0006_key_budgets"]
+# Migrations after the session store's: roost.auth's tables (API keys, the audit trail, key
+# budgets), roost.background's.
+LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0006_key_budgets", "0007_background"]
 T = "acme"
 CREATED = 1_700_000_000.0
 OLD_USAGE = '{"input_tokens":12,"output_tokens":3,"cost":0.5}'
@@ -165,7 +166,7 @@ async def test_postgres_0002_upgrades_a_0001_schema_once(
     )
 
     assert await migrate(POSTGRES_URL, schema=schema) == [
-        "0002_runs_model_and_usage_index", "0003_run_ownership", *AUTH_MIGRATIONS]
+        "0002_runs_model_and_usage_index", "0003_run_ownership", *LATER_MIGRATIONS]
     assert await migrate(POSTGRES_URL, schema=schema) == []
     indexes = {r[0] for r in await db.fetch(
         "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'runs'", schema)}
@@ -218,7 +219,7 @@ async def test_postgres_0003_adds_run_ownership_to_a_0002_schema(
         T, OLD_USAGE, CREATED,
     )
     assert await migrate(POSTGRES_URL, schema=schema) == ["0003_run_ownership",
-                                                          *AUTH_MIGRATIONS]
+                                                          *LATER_MIGRATIONS]
     assert await migrate(POSTGRES_URL, schema=schema) == []
 
     store = PostgresStore(POSTGRES_URL, schema=schema, migrate_on_open=False)

@@ -35,7 +35,7 @@ from roost.auth.chain import Auth
 from roost.auth.keybudgets import CHARGE_TO
 from roost.auth.permissions import PROTOCOL_ROUTES, RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
-from roost.errors import ArtifactNotFound, RoostError, RunNotFound, SessionNotFound
+from roost.errors import ArtifactNotFound, InvalidInput, RoostError, RunNotFound, SessionNotFound
 from roost.runtime.scope import ACTING_USER
 from roost.server import problems
 from roost.server.forwarded import PEER
@@ -259,6 +259,14 @@ class AuthEdge:
             # Tenant-wide ids: a user-scoped user reads artifacts through their session
             # (/v1/sessions/{id}/artifacts/{artifact_id}), where ownership is checked.
             return ArtifactNotFound(f"no artifact {target}", artifact_id=target)
+        if template == "/v1/runs" and scope["method"] in ("GET", "HEAD"):
+            # Runs carry no user: a user-scoped caller lists the runs of one session of
+            # their own.
+            params = dict(parse_qsl(scope["query_string"].decode("latin-1")))
+            if "session_id" not in params:
+                return InvalidInput("user-scoped callers list the runs of one of their "
+                                    "sessions: pass session_id", field="session_id")
+            target, template = params["session_id"], "/v1/sessions/{session_id}"
         if target is None:
             return None
         try:

@@ -88,6 +88,8 @@ class Recovery:
             await self._give_back(run)
             raise
         if not any(e.type == "run.started" for e in events):
+            if await rt.background.requeue_unstarted(run):
+                raise Conflict(f"run {run.id} had not started: back in the queue", run_id=run.id)
             await self._close_orphan(run, "the run had not started when its instance stopped")
             raise RunNotFound(f"run {run.id} has no log to resume from", run_id=run.id)
         ended = next((e for e in reversed(events) if e.type in FINAL_EVENTS), None)

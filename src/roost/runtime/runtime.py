@@ -29,6 +29,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from typing import Any
 
 from roost.agent import Agent
+from roost.background.listing import list_runs_page
+from roost.background.runs import BackgroundRuns
+from roost.background.scheduler import Scheduler
 from roost.bus import FleetBus, open_bus
 from roost.config import Settings
 from roost.engine.hooks import NO_HOOKS, EngineHooks
@@ -115,6 +118,9 @@ class Runtime:
         # Events and control across the instances sharing the store (in process otherwise).
         self.bus: FleetBus = open_bus(self.settings.store.url, **self.settings.store.options)
         self.control = Control(self, self.bus)
+        # Background, delayed and scheduled runs: the durable queue beside the store.
+        self.background = BackgroundRuns(self, self.settings.background)
+        self.scheduler = Scheduler(self, self.settings.background)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._store_down_until = 0.0
         for agent in agents:
@@ -131,6 +137,7 @@ class Runtime:
         await self.artifacts.open()
         self.shared = self.store.backend in SHARED_BACKENDS
         await self.bus.open()
+        await self.background.open()
         await self.agents.start_toolsets()  # MCP servers &c.: their tools join the agents'
         for hosted in self.agents.values():
             if hosted.state == "created":
@@ -151,6 +158,12 @@ class Runtime:
         self.spawn(self.leases.renew_forever(), name="roost-ownership-renewal")
         if self.settings.runtime.takeover or self.settings.runtime.auto_resume:
             self.spawn(self.recovery.take_over_forever(), name="roost-takeover")
+        if self.settings.background.worker:
+            self.spawn(self.background.listen_forever(), name="roost-background-wake")
+            self.spawn(self.background.work_forever(), name="roost-background-worker")
+        if self.settings.background.scheduler:
+            self.spawn(self.scheduler.listen_forever(), name="roost-scheduler-changes")
+            self.spawn(self.scheduler.fire_forever(), name="roost-scheduler")
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Refuse new turns, give in-flight runs `grace_s`, then interrupt what is left at its
@@ -177,6 +190,7 @@ class Runtime:
         await self.agents.close_toolsets()
         await self.models.aclose()
         await self.bus.close()
+        await self.background.close()
         await self.artifacts.close()
         await self.store.close()
 
@@ -355,6 +369,10 @@ class Runtime:
                 return None
         return handle
 
+    async def list_runs(self, tenant: str, **query: Any) -> Page:
+        """A page of the tenant's runs, newest first (see `roost.background.listing`)."""
+        return await list_runs_page(self.store, tenant, **query)
+
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
         handle = self.live_run(tenant, run_id)
         if handle is not None:
@@ -396,6 +414,11 @@ class Runtime:
         run = await self.store.get_run(tenant, run_id)
         if run.status in TERMINAL_STATUSES:
             return run
+        if run.status == "queued" and run.owner is None:  # still in the durable queue
+            cancelled = await self.background.cancel_queued(run)
+            if cancelled is not None:
+                return cancelled
+            run = await self.store.get_run(tenant, run_id)  # a worker took it meanwhile
         if run.owner is None:
             raise Conflict(f"run {run_id} has no live owner to cancel it", run_id=run_id)
         self.control.cancel_remote(run.owner, tenant, run_id, "user")
@@ -476,6 +499,7 @@ class Runtime:
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
+            "background": {**self.background.statistics(), **self.scheduler.statistics()},
         }
 
 

@@ -46,10 +46,13 @@ class Turns:
 
     async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
                      timeout_s: float | None = None, priority: Priority = "interactive",
-                     idempotency_key: str | None = None) -> RunHandle:
+                     idempotency_key: str | None = None,
+                     claimed: RunRecord | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy;
-        `Replay` when `idempotency_key` names an earlier submission of the same turn."""
+        `Replay` when `idempotency_key` names an earlier submission of the same turn.
+        `claimed`: a queued run this instance claimed (`roost.background`), run as it is;
+        it waits for its session's lane whatever the double-texting policy."""
         rt = self.runtime
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
@@ -81,21 +84,24 @@ class Turns:
             raise
         timeout = min(timeout_s, limits.run_timeout_s) if timeout_s else limits.run_timeout_s
         loop = asyncio.get_running_loop()
-        run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
-                        agent=hosted.name, model=hosted.model.name, status="queued",
-                        input=text, deadline=now() + timeout, owner=rt.instance_id,
-                        lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
+        if claimed is None:
+            run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
+                            agent=hosted.name, model=hosted.model.name, status="queued",
+                            input=text, deadline=now() + timeout, owner=rt.instance_id,
+                            lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
+        else:
+            run = claimed
+            run.deadline = now() + timeout
+        policy = "enqueue" if claimed is not None else hosted.agent.policies.double_texting
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
                            stream=stream, done=loop.create_future(), guardrails=decisions)
         try:
-            lane_wait = rt.lanes.enter((tenant, session_id), handle,
-                                       policy=hosted.agent.policies.double_texting,
+            lane_wait = rt.lanes.enter((tenant, session_id), handle, policy=policy,
                                        max_pending=hosted.agent.policies.max_pending_turns,
                                        cancel=lambda h: h.cancel("interrupt"))
         except BaseException:
             slot.release()
             raise
-        policy = hosted.agent.policies.double_texting
         if rt.shared and lane_wait is None and policy in ("reject", "interrupt"):
             # Across instances these policies act now, like the lane does in one process:
             # `reject` answers 409 with nothing stored; `interrupt` asks the owner of the
@@ -123,7 +129,7 @@ class Turns:
         rt.runs[run.id] = handle
         rt.sessions.pin(live)
         handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
-                                           loop.time() + timeout), name=f"run-{run.id}")
+                                           loop.time() + timeout, policy), name=f"run-{run.id}")
         return handle
 
     async def _guard_input(self, hosted: HostedAgent, tenant: str, session_id: str,
@@ -165,7 +171,8 @@ class Turns:
                 rt.control.cancel_remote(run.owner, tenant, run.id, "interrupt")
 
     async def _drive(self, handle: RunHandle, hosted: HostedAgent, live: LiveSession,
-                     slot: Slot, lane_wait: asyncio.Future[None] | None, deadline: float) -> None:
+                     slot: Slot, lane_wait: asyncio.Future[None] | None, deadline: float,
+                     policy: str) -> None:
         """The root of one run's task: wait for the lane, the agent, a slot and the lease,
         then run. Swallows cancellation: this task has no awaiting parent."""
         rt = self.runtime
@@ -182,17 +189,17 @@ class Turns:
                 # No read of the session here: if another instance moved it on, the run's
                 # first append says so and the run catches up then (LiveSession.reload).
                 async with asyncio.timeout_at(deadline):
-                    await rt.leases.take(run, policy=hosted.agent.policies.double_texting)
+                    await rt.leases.take(run, policy=policy)
                 handle.leased = True
             await rt.executor.execute(handle, hosted, live, deadline)
-            policy = hosted.agent.policies.compaction
-            if (run.status == "completed" and policy is not None
-                    and needs_compaction(handle.conversation, policy)):
+            compaction = hosted.agent.policies.compaction
+            if (run.status == "completed" and compaction is not None
+                    and needs_compaction(handle.conversation, compaction)):
                 # Answer the client first; the session stays ours (lane, lease) until the
                 # summary is recorded, so the next turn sees it.
                 handle.channel.close()
                 handle.finish()
-                await rt.executor.compact(handle, hosted, live, policy)
+                await rt.executor.compact(handle, hosted, live, compaction)
         except (TimeoutError, RoostError) as exc:
             # Never started: the deadline passed while waiting, the slot timed out in the
             # queue, or the lease stayed taken.

@@ -43,6 +43,7 @@ from roost.server.routes import (
     health,
     observe,
     runs,
+    schedules,
     sessions,
     usage,
 )
@@ -142,7 +143,8 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     app.state.tenant_header = settings.server.tenant_header
     app.state.auth = auth
     problems.install(app)
-    for module in (health, agents, sessions, runs, artifacts, admin, auth_routes, usage):
+    for module in (health, agents, sessions, runs, schedules, artifacts, admin, auth_routes,
+                   usage):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(docs.router)
     _problems_only_as_problem_json(app)

@@ -24,6 +24,7 @@ def assemble(settings: Settings, agents: Iterable[Agent], *,
         store or open_store(settings.store.url, **settings.store.options))
     runtime = Runtime(settings, agents, store=store, hooks=observability.hooks)
     observability.register_stats("runtime", lambda: runtime_gauges(runtime))
+    observability.register_stats("background", lambda: background_gauges(runtime))
     policy_state = runtime.models.policy_state
     if policy_state is not None:
         observability.register_stats("models", lambda: model_gauges(policy_state))
@@ -46,6 +47,17 @@ def runtime_gauges(runtime: Runtime) -> Mapping[str, Any]:
         "sessions_cached": cache.sessions,
         "sessions_cached_bytes": cache.bytes,
     }
+
+
+def background_gauges(runtime: Runtime) -> Mapping[str, Any]:
+    """The durable queue's traffic through this instance, and its schedule ticks."""
+    runs, ticks = runtime.background.stats, runtime.scheduler
+    return {"background_submitted_total": runs.submitted,
+            "background_claims_total": runs.claims,
+            "background_claimed_total": runs.claimed,
+            "background_requeued_total": runs.requeued,
+            "schedule_ticks_fired_total": ticks.fired,
+            "schedule_ticks_lost_total": ticks.lost}
 
 
 def model_gauges(policy_state: Any) -> Mapping[str, Any]:

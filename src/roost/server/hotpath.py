@@ -31,6 +31,7 @@ from roost.runtime.runtime import Runtime
 from roost.server import problems, turns
 from roost.server.routes.sessions import created_session
 from roost.server.schemas import SessionCreate, TurnCreate
+from roost.server.turns import prefers_async
 from roost.sessions.records import DEFAULT_TENANT
 
 log = logging.getLogger("roost.server")
@@ -62,6 +63,7 @@ class Request:
     accept: bytes | None
     body: bytes
     idempotency_key: str | None = None
+    respond_async: bool = False  # Prefer: respond-async (RFC 7240)
 
 
 class HotPath:
@@ -107,7 +109,7 @@ class HotPath:
                 return await turns.respond(self.runtime, request.tenant, name, turn,
                                            request.accept is not None
                                            and b"text/event-stream" in request.accept, receive,
-                                           request.idempotency_key)
+                                           request.idempotency_key, request.respond_async)
             # The body is optional: without one (or `null`), a session with nothing set.
             body = parse_body(request.body, request.content_type, SessionCreate,
                               absent=SessionCreate())
@@ -124,6 +126,7 @@ class HotPath:
         principal = scope.get(PRINCIPAL)
         tenant = DEFAULT_TENANT if principal is None else principal.tenant
         content_type = accept = key = None
+        respond_async = False
         for header, value in scope["headers"]:
             if header == b"content-type":
                 content_type = value
@@ -133,8 +136,11 @@ class HotPath:
                 tenant = value.decode("latin-1")
             elif header == b"idempotency-key":
                 key = value.decode("latin-1")
+            elif header == b"prefer":
+                respond_async = prefers_async(value.decode("latin-1"))
         body = await _read_body(receive)
-        return None if body is None else Request(tenant, content_type, accept, body, key)
+        return None if body is None else Request(tenant, content_type, accept, body, key,
+                                                 respond_async)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 
 class _Body(BaseModel):
@@ -30,6 +30,10 @@ class TurnCreate(_Body):
     timeout_s: float | None = Field(None, ge=0.001, le=86_400,
                                     description="deadline of this turn in seconds")
     priority: Literal["interactive", "background"] = "interactive"
+    background: bool = Field(False, description="queue the run and answer 202 at once "
+                             "(also `Prefer: respond-async`); see GET /v1/runs/{id}")
+    run_at: AwareDatetime | None = Field(None, description="RFC 3339 time to start the run "
+                                         "(implies background; in the past means now)")
 
     @field_validator("input")
     @classmethod
@@ -111,6 +115,11 @@ class RunOut(BaseModel):
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None
 
 
 class TurnOut(BaseModel):

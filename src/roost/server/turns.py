@@ -22,10 +22,13 @@ from roost.sessions.records import TERMINAL_STATUSES, RunRecord, now
 
 async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCreate,
                   wants_stream: bool, receive: Receive,
-                  idempotency_key: str | None = None) -> Response:
+                  idempotency_key: str | None = None, respond_async: bool = False) -> Response:
     """Run one turn: JSON when it ends, or SSE with `"stream": true` or
     `Accept: text/event-stream`. With an `Idempotency-Key` seen before, the earlier run's
-    outcome or stream instead. Raises RoostError (→ problem+json)."""
+    outcome or stream instead. `"background": true`, `run_at` or `Prefer: respond-async`:
+    queue it and answer 202 with the run. Raises RoostError (→ problem+json)."""
+    if turn.background or turn.run_at is not None or respond_async:
+        return await _queued(runtime, tenant, session_id, turn, idempotency_key)
     stream = turn.stream or wants_stream
     try:
         handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
@@ -52,6 +55,23 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     return json_response(turn_body(run, handle.events), headers=run_headers(run))
 
 
+async def _queued(runtime: Runtime, tenant: str, session_id: str, turn: TurnCreate,
+                  idempotency_key: str | None) -> Response:
+    """A background or delayed turn: 202 with its queued run (or, for a repeated
+    Idempotency-Key, the run the first submission queued, as it stands)."""
+    run_at = turn.run_at.timestamp() if turn.run_at is not None else None
+    try:
+        run = await runtime.background.submit(tenant, session_id, turn.input, run_at=run_at,
+                                              idempotency_key=idempotency_key)
+    except Replay as replay:
+        try:
+            run = await runtime.get_run(tenant, replay.run_id)
+        except RunNotFound:
+            raise Conflict("the earlier request with this Idempotency-Key has not queued its "
+                           "run yet; retry shortly", retry_after=1) from None
+    return json_response(run, status=202, headers=run_headers(run))
+
+
 async def _replay(runtime: Runtime, tenant: str, run_id: str, stream: bool,
                   receive: Receive) -> Response:
     """Answer a repeated submission with the run the first one started, wherever it runs."""
@@ -76,6 +96,12 @@ async def _replay(runtime: Runtime, tenant: str, run_id: str, stream: bool,
             1.0, (run.deadline or now()) - now()))
     events = await runtime.read_run_events(tenant, run)
     return json_response(turn_body(run, events), headers=run_headers(run))
+
+
+def prefers_async(prefer: str) -> bool:
+    """Whether a `Prefer` header asks for `respond-async` (RFC 7240: comma-separated
+    preferences, each maybe with parameters)."""
+    return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
 def run_headers(run: RunRecord) -> dict[str, str]:

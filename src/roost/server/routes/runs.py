@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from roost.background.listing import MAX_PAGE
 from roost.errors import InvalidInput
 from roost.server import turns
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
-from roost.server.schemas import RunOut, TurnCreate, TurnOut
+from roost.server.schemas import RunOut, RunPage, TurnCreate, TurnOut
 from roost.server.sse import RunEventStream, follower_stream, frame
-from roost.sessions.records import TERMINAL_STATUSES
+from roost.sessions.records import TERMINAL_STATUSES, RunStatus
 
 router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 
@@ -34,7 +35,9 @@ SSE_RESPONSE = {"content": {"text/event-stream": {
 
 
 @router.post("/v1/sessions/{session_id}/turns", response_model=TurnOut,
-             responses={200: SSE_RESPONSE})
+             responses={200: SSE_RESPONSE, 202: {
+                 "model": RunOut, "description": "queued: `background`, `run_at` or "
+                 "`Prefer: respond-async`; the run is at `Location`"}})
 async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Response:
     """Run one turn. JSON by default; SSE with `"stream": true` or `Accept: text/event-stream`.
 
@@ -42,7 +45,20 @@ async def create_turn(session_id: str, body: TurnCreate, request: Request) -> Re
     route is its OpenAPI entry and serves it when the routers are mounted without that."""
     return await turns.respond(runtime_of(request), tenant_of(request), session_id, body,
                                "text/event-stream" in request.headers.get("accept", ""),
-                               request.receive, request.headers.get("idempotency-key"))
+                               request.receive, request.headers.get("idempotency-key"),
+                               turns.prefers_async(request.headers.get("prefer", "")))
+
+
+@router.get("/v1/runs", response_model=RunPage)
+async def list_runs(request: Request, status: RunStatus | None = None, agent: str | None = None,
+                    session_id: str | None = None, cursor: str | None = None,
+                    limit: int = Query(50, ge=1, le=MAX_PAGE)) -> Response:
+    """The tenant's runs, newest first; `next_cursor` fetches the next page."""
+    runtime = runtime_of(request)
+    page = await runtime.list_runs(tenant_of(request), status=status, agent=agent,
+                                   session_id=session_id, cursor=cursor,
+                                   limit=min(limit, runtime.settings.server.max_list_limit))
+    return json_response(page)
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunOut)

@@ -1,0 +1,1 @@
+"""`BackgroundStore` backends: memory, SQLite, PostgreSQL (migration 0007), Redis."""
