@@ -170,6 +170,8 @@ class AgentOverride(_Section):
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
     # [[agents.NAME.guardrails]] tables, after the agent's own (roost.guardrails.config)
     guardrails: list[dict[str, Any]] = Field(default_factory=list)
+    builtin_tools: list[Literal["ask_user"]] = Field(
+        default_factory=list, description="built-in tools to add: ask_user")
 
 
 class Settings(BaseSettings):

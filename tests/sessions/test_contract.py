@@ -874,6 +874,21 @@ async def test_renew_ownership_extends_only_that_owners_live_work(store: Store) 
     assert not await store.acquire_lease(T, renewed_session.id, "i-2", 30.0)
 
 
+async def test_claimable_runs_include_expired_waits_claimed_once(store: Store) -> None:
+    """A run waiting for a person has no owner; its lease is the wait's deadline. Past it,
+    the fleet's scan finds the run, and one claim (from status waiting) takes it."""
+    clock = time.time()
+    expired = await make_run(store, "tenant-b", status="waiting", lease_expires_at=clock - 15)
+    await make_run(store, "tenant-a", status="waiting", lease_expires_at=clock + 60)
+    assert [(r.tenant, r.id) for r in await store.claimable_runs()] == [("tenant-b", expired.id)]
+    assert await store.claim_run("tenant-b", expired.id, "i-1", 30.0) is None  # not by default
+    claimed = await store.claim_run("tenant-b", expired.id, "i-1", 30.0, statuses=("waiting",))
+    assert claimed is not None and (claimed.status, claimed.owner) == ("running", "i-1")
+    assert await store.claim_run("tenant-b", expired.id, "i-2", 30.0,
+                                 statuses=("waiting",)) is None
+    assert await store.claimable_runs() == []
+
+
 async def test_claimable_runs_are_the_expired_ones_of_every_tenant(store: Store) -> None:
     clock = time.time()
     older = await make_run(store, "tenant-a", status="running", owner="dead",

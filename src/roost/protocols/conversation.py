@@ -25,7 +25,8 @@ from roost.sessions.records import Event
 
 #: metadata on sessions a protocol created, so operators can tell them apart
 PROTOCOL_KEY = "protocol"
-_TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+_TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted",
+                       "run.waiting"})
 
 
 async def start_turn(runtime: Runtime, tenant: str, agent: str, messages: list[Message], *,

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from roost.agent import Agent, Limits, Policies
 from roost.config import Settings
+from roost.engine.approval import ApprovalGate, build_gate
+from roost.engine.run_budget import RunBudget
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.guardrails.config import guardrail_from_config
 from roost.guardrails.pipeline import Guardrails
@@ -58,6 +60,10 @@ class HostedAgent:
     system: Message | None = None
     summariser: Model | None = None  # the compaction model, when compaction is on
     guardrails: Guardrails | None = None  # None: none configured, nothing to pay
+    # Which calls wait for a person (None: none ever does; see engine/approval.py).
+    gate: ApprovalGate | None = None
+    # The agent's per-run budget limits (None: unlimited).
+    budget: RunBudget | None = None
 
     @property
     def name(self) -> str:
@@ -99,6 +105,8 @@ class AgentTable(Mapping[str, HostedAgent]):
                              summariser=(self.models.resolve(compaction.model)
                                          if compaction.model else model) if compaction else None,
                              guardrails=Guardrails.of(agent.guardrails))
+        hosted.gate = build_gate(tools.values(), agent.policies.approval)
+        hosted.budget = agent.limits.run_budget()
         self._agents[agent.name] = hosted
         self.max_timeout = max(h.agent.limits.run_timeout_s for h in self._agents.values())
         return hosted
@@ -117,6 +125,11 @@ class AgentTable(Mapping[str, HostedAgent]):
         guardrails = agent.guardrails + [
             guardrail_from_config(table, f"agents.{agent.name}.guardrails[{i}]")
             for i, table in enumerate(override.guardrails)]
+        if "ask_user" in override.builtin_tools and not any(
+                getattr(t, "name", None) == "ask_user" for t in tools):
+            from roost.tools.ask_user import ask_user
+
+            tools.append(ask_user)
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
@@ -161,6 +174,7 @@ class AgentTable(Mapping[str, HostedAgent]):
             return
         # Replaced, not mutated: a run in flight keeps the table it started with.
         hosted.tools, hosted.tool_specs = tools, specs
+        hosted.gate = build_gate(tools.values(), hosted.agent.policies.approval)
 
     async def close_toolsets(self) -> None:
         """Close the toolsets, and the tools that hold a connection (`close()`: A2A)."""

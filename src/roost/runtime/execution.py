@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from roost.bus import FleetBus
+from roost.engine.approval import with_decisions
 from roost.engine.compaction import CompactionPolicy, compact
 from roost.engine.run import RunContext, Runner
 from roost.errors import RoostError
@@ -55,8 +56,11 @@ class Executor:
                          messages=messages, deadline=deadline, emit=emit,
                          stream=handle.stream, hooks=rt.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
-                         artifacts=rt.artifacts, guardrails=hosted.guardrails,
-                         input_decisions=handle.guardrails)
+                         artifacts=rt.artifacts, budget=handle.budget,
+                         gate=with_decisions(hosted.gate, handle.decisions),
+                         tool_calls=handle.tool_calls,
+                         compaction=agent.policies.compaction, summariser=hosted.summariser,
+                         guardrails=hosted.guardrails, input_decisions=handle.guardrails)
         handle.ctx = ctx
         handle.started = True
         # The run's record is first written by its first append, maybe long after it was

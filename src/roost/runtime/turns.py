@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
+from roost.engine.run_budget import RunBudget
 from roost.errors import (
     InputRejected,
     InvalidInput,
@@ -47,12 +48,14 @@ class Turns:
     async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
                      timeout_s: float | None = None, priority: Priority = "interactive",
                      idempotency_key: str | None = None,
-                     claimed: RunRecord | None = None) -> RunHandle:
+                     claimed: RunRecord | None = None,
+                     budget: RunBudget | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy;
         `Replay` when `idempotency_key` names an earlier submission of the same turn.
         `claimed`: a queued run this instance claimed (`roost.background`), run as it is;
-        it waits for its session's lane whatever the double-texting policy."""
+        it waits for its session's lane whatever the double-texting policy.
+        `budget` is capped by the agent's limits (which are also its default)."""
         rt = self.runtime
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
@@ -94,7 +97,8 @@ class Turns:
             run.deadline = now() + timeout
         policy = "enqueue" if claimed is not None else hosted.agent.policies.double_texting
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
-                           stream=stream, done=loop.create_future(), guardrails=decisions)
+                           stream=stream, done=loop.create_future(),
+                           budget=RunBudget.resolve(budget, hosted.budget), guardrails=decisions)
         try:
             lane_wait = rt.lanes.enter((tenant, session_id), handle, policy=policy,
                                        max_pending=hosted.agent.policies.max_pending_turns,

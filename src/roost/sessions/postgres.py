@@ -337,6 +337,10 @@ class _Queries:
             " WHERE $2 AND x.status = 'interrupted' AND (x.owner IS NULL"
             f" OR x.lease_expires_at IS NULL OR x.lease_expires_at <= {clock})"
             " ORDER BY x.lease_expires_at NULLS FIRST LIMIT $1)"
+            " UNION ALL"
+            f" (SELECT x.tenant, {run_columns} FROM {s}.runs x"
+            f" WHERE x.status = 'waiting' AND x.owner IS NULL AND x.lease_expires_at <= {clock}"
+            " ORDER BY x.lease_expires_at LIMIT $1)"
             " ORDER BY lease_expires_at NULLS FIRST, tenant, id LIMIT $1"
         )
         # Put-if-absent, or take over an expired record. A conflicting insert that commits

@@ -24,6 +24,8 @@ EventType = Literal[
     "run.failed",
     "run.cancelled",
     "run.interrupted",
+    "run.waiting",
+    "approval.decided",
     "compaction",
 ]
 
@@ -36,15 +38,17 @@ RunStatus = Literal[
     "cancelled",
     "timed_out",
     "interrupted",
+    "budget_exceeded",
 ]
 
 TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "cancelled", "timed_out", "interrupted"}
+    {"completed", "failed", "cancelled", "timed_out", "interrupted", "budget_exceeded"}
 )
 
-#: the events that end a run's attempt (and its stream); an interrupted run may resume
+#: the events that end a run's attempt (and its stream); an interrupted run may resume, a
+#: waiting one (`run.waiting`: an approval or a question for a person) resumes on the answer
 RUN_END_EVENTS: frozenset[str] = frozenset(
-    {"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+    {"run.completed", "run.failed", "run.cancelled", "run.interrupted", "run.waiting"})
 
 
 def now() -> float:

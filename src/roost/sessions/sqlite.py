@@ -167,6 +167,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             scope TEXT NOT NULL, agent TEXT NOT NULL, state TEXT NOT NULL,
             updated_at REAL NOT NULL, PRIMARY KEY (scope, agent)) WITHOUT ROWID""",
     ),
+    # 4 (issue 15, approvals; PostgreSQL 0008): runs waiting for a person, by the wait's
+    # deadline (their lease_expires_at), for the fleet-wide timeout scan.
+    ("CREATE INDEX runs_waiting ON runs (lease_expires_at) WHERE status = 'waiting'",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -1134,6 +1137,9 @@ _CLAIMABLE_RUNS: Final = (
     " WHERE status IN ('queued', 'running') AND lease_expires_at IS NOT NULL"
     " AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?)"
     f" UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
+    " WHERE status = 'waiting' AND owner IS NULL AND lease_expires_at <= ?"
+    " ORDER BY lease_expires_at LIMIT ?)"
+    f" UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
     " WHERE ? AND status = 'interrupted'"
     " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
     " ORDER BY lease_expires_at LIMIT ?)"
@@ -1146,7 +1152,7 @@ def _claimable_runs(
 ) -> list[RunRecord]:
     clock = time.time()
     rows = conn.execute(
-        _CLAIMABLE_RUNS, (clock, limit, include_interrupted, clock, limit, limit)
+        _CLAIMABLE_RUNS, (clock, limit, clock, limit, include_interrupted, clock, limit, limit)
     ).fetchall()
     return [_run_from_row(row) for row in rows]
 
