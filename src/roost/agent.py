@@ -116,6 +116,8 @@ class Agent:
     limits: Limits = field(default_factory=Limits)
     policies: Policies = field(default_factory=Policies)
     model_settings: dict[str, Any] = field(default_factory=dict)
+    # Checks on input, output and untrusted tool results (roost.guardrails), in order.
+    guardrails: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -125,6 +127,12 @@ class Agent:
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"agent {self.name}: duplicate tool names {sorted(duplicates)}")
+        from roost.guardrails.base import Guardrail
+
+        for g in self.guardrails:
+            if not isinstance(g, Guardrail):
+                raise TypeError(f"agent {self.name}: not a guardrail (needs name, stages "
+                                f"and check): {g!r}")
 
     @property
     def model_ref(self) -> str:

@@ -168,6 +168,8 @@ class AgentOverride(_Section):
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
+    # [[agents.NAME.guardrails]] tables, after the agent's own (roost.guardrails.config)
+    guardrails: list[dict[str, Any]] = Field(default_factory=list)
     builtin_tools: list[Literal["ask_user"]] = Field(
         default_factory=list, description="built-in tools to add: ask_user")
     # Other hosted agents this one may call as tools (roost.tools.agent_tool: child runs).

@@ -4,6 +4,7 @@
     ├── UserError                    the caller's mistake; maps to 4xx
     │   ├── ConfigError              bad configuration (each problem carries its key path)
     │   ├── InvalidInput             bad request data (names the field)
+    │   │   └── InputRejected        a guardrail refused the turn's input (422)
     │   ├── UnsupportedMediaType     a body that is not application/json (415)
     │   ├── NotFound                 unknown agent, session or run
     │   │   ├── AgentNotFound
@@ -27,6 +28,7 @@
     │   ├── MaxStepsExceeded
     │   ├── BudgetExceeded           a per-run budget (cost, tokens, tool calls, duration)
     │   ├── RunTimeout
+    │   ├── OutputRejected           a guardrail refused the final answer
     │   └── RunCancelled
     └── RunWaiting                   control flow, not an error: the run waits for a person
                                      (an approval, an `ask_user` answer); never escapes
@@ -80,6 +82,18 @@ class InvalidInput(UserError):
     def __init__(self, message: str, field: str | None = None, **details: Any) -> None:
         super().__init__(message, **details)
         self.field = field
+
+
+class InputRejected(InvalidInput):
+    """A guardrail refused the input; `guardrail` names it, `reason` says why."""
+
+    type = "input_rejected"
+
+    def __init__(self, guardrail: str, reason: str) -> None:
+        super().__init__(f"guardrail {guardrail} rejected the input: {reason}", field="input",
+                         guardrail=guardrail, reason=reason)
+        self.guardrail = guardrail
+        self.reason = reason
 
 
 class NotFound(UserError):
@@ -233,6 +247,18 @@ class RunTimeout(RunFailure):
     # long): the server did not answer in time, it did not fail.
     status = 504
     type = "timed_out"
+
+
+class OutputRejected(RunFailure):
+    """A guardrail refused the run's final answer: it is neither stored nor sent."""
+
+    type = "output_rejected"
+
+    def __init__(self, guardrail: str, reason: str) -> None:
+        super().__init__(f"guardrail {guardrail} rejected the output: {reason}",
+                         guardrail=guardrail, reason=reason)
+        self.guardrail = guardrail
+        self.reason = reason
 
 
 class RunCancelled(RunFailure):

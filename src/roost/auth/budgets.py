@@ -48,7 +48,10 @@ class BudgetsConfig(BaseModel):
 
     default: Budget = Field(default_factory=lambda: Budget())
     tenants: dict[str, Budget] = Field(default_factory=dict)
-    refresh_s: float = Field(5.0, ge=0, description="how long a tenant's usage is cached")
+    refresh_s: float = Field(5.0, ge=0, description="how long a tenant's (or a key's) usage "
+                             "is cached")
+    key_flush_s: float = Field(1.0, gt=0, description="keys' spend is written in batches "
+                               "this often (roost.auth.keybudgets)")
 
     def of(self, tenant: str) -> Budget:
         return self.tenants.get(tenant, self.default)

@@ -18,6 +18,7 @@ from roost.auth.apikeys import ApiKeyAuthenticator
 from roost.auth.audit import AuditTrail
 from roost.auth.auditlog import AuditStore, open_audit_store
 from roost.auth.config import AuthConfig
+from roost.auth.keybudgets import KeyBudgets, KeySpendStore, open_key_spend
 from roost.auth.keys import PREFIX, KeyStore, open_key_store
 from roost.auth.principal import Principal
 
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 class Auth:
     def __init__(self, config: AuthConfig, keys: KeyStore,
-                 tenant_header: str | None = None, audit_store: AuditStore | None = None
-                 ) -> None:
+                 tenant_header: str | None = None, audit_store: AuditStore | None = None,
+                 spend: KeySpendStore | None = None) -> None:
         self.config = config
         self.keys = keys
         self.audit = AuditTrail(audit_store, log_records=config.audit == "log",
@@ -47,6 +48,10 @@ class Auth:
                                   [("auth.oidc", str(exc))]) from exc
             self.oidc = OIDCAuthenticator(config.oidc, cache_ttl_s=config.api_keys.cache_ttl_s,
                                           cache_max_entries=config.api_keys.cache_max_entries)
+        self.key_budgets: KeyBudgets | None = None
+        if config.enabled and spend is not None:
+            self.key_budgets = KeyBudgets(spend, refresh_s=config.budgets.refresh_s,
+                                          flush_s=config.budgets.key_flush_s)
         self.tenant_header = tenant_header.lower().encode("latin-1") if tenant_header else None
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,7 +65,9 @@ class Auth:
         # With auth off everyone is the anonymous admin on loopback: the log is the trail.
         audit = (open_audit_store(url, **settings.store.options)
                  if config.enabled and config.audit_store else None)
-        return cls(config, keys, settings.server.tenant_header, audit)
+        # Keys' own budgets keep a spend ledger beside the keys (keybudgets/).
+        spend = open_key_spend(url, **settings.store.options) if config.enabled else None
+        return cls(config, keys, settings.server.tenant_header, audit, spend)
 
     @property
     def enabled(self) -> bool:
@@ -71,6 +78,10 @@ class Auth:
             await self.keys.open()
             self._tasks.append(asyncio.create_task(self.api_keys.run_flusher(),
                                                    name="roost-auth-last-used"))
+        if self.key_budgets is not None:
+            await self.key_budgets.store.open()
+            self._tasks.append(asyncio.create_task(self.key_budgets.run_flusher(),
+                                                   name="roost-auth-key-spend"))
         if self.audit.store is not None:
             await self.audit.store.open()
             self._tasks.append(asyncio.create_task(self.audit.run(), name="roost-audit"))
@@ -90,6 +101,12 @@ class Auth:
                         raise  # we are being cancelled ourselves, not just our tasks
             if tasks:
                 await self.api_keys.flush_quietly()
+                if self.key_budgets is not None:
+                    try:
+                        await self.key_budgets.flush()
+                    except Exception:
+                        logging.getLogger("roost.auth").warning(
+                            "could not record API keys' spend", exc_info=True)
                 try:
                     await self.audit.flush()
                 except Exception:
@@ -97,6 +114,8 @@ class Auth:
                                                             exc_info=True)
         finally:
             await self.keys.close()
+            if self.key_budgets is not None:
+                await self.key_budgets.store.close()
             if self.audit.store is not None:
                 await self.audit.store.close()
 

@@ -69,15 +69,25 @@ def create(
     name: Annotated[str, typer.Option(help="what the key is for, e.g. ci")],
     expires: Annotated[str | None, typer.Option(help="lifetime, e.g. 90d (default: none)")] = None,
     user_id: Annotated[str | None, typer.Option(help="the user the key acts as")] = None,
+    day_tokens: Annotated[int | None, typer.Option(min=0, help="the key's own budget: "
+                                                   "tokens per UTC day")] = None,
+    day_cost: Annotated[float | None, typer.Option(min=0, help="spend per UTC day")] = None,
+    month_tokens: Annotated[int | None, typer.Option(min=0, help="tokens per UTC "
+                                                     "month")] = None,
+    month_cost: Annotated[float | None, typer.Option(min=0, help="spend per UTC month")] = None,
     config: ConfigOption = None,
     store: StoreOption = None,
 ) -> None:
-    """Create a key and print its secret (shown only this once)."""
+    """Create a key and print its secret (shown only this once). A key may carry its own
+    budget (refused with 429 budget_exceeded once spent), besides its tenant's."""
     if role not in ("admin", "operator", "user", "viewer"):
         raise typer.BadParameter("admin, operator, user or viewer", param_hint="--role")
     ttl = parse_duration(expires) if expires else None
     role_: Role = role  # type: ignore[assignment]  # checked above
-    key, token = new_key(tenant, role_, name, user_id=user_id, ttl_s=ttl)
+    limits = {"day_tokens": day_tokens, "day_cost": day_cost, "month_tokens": month_tokens,
+              "month_cost": month_cost}
+    budget = {k: v for k, v in limits.items() if v is not None} or None
+    key, token = new_key(tenant, role_, name, user_id=user_id, ttl_s=ttl, budget=budget)
     _run(config, store, lambda keys: keys.add(key))
     errors.print(f"created key [cyan]{key.id}[/] ({role} of {tenant}); its secret, shown once:")
     print(token)
@@ -91,13 +101,15 @@ def list_(
 ) -> None:
     """List keys (never their secrets)."""
     keys = _run(config, store, lambda k: k.list(tenant))
-    table = Table("tenant", "role", "name", "user", "created", "expires", "last used", "status")
+    table = Table("tenant", "role", "name", "user", "created", "expires", "last used", "status",
+                  "budget")
     table.columns.insert(0, Column("id", no_wrap=True))
     now = time.time()
     for k in keys:
         status = "revoked" if k.revoked_at else ("expired" if not k.usable(now) else "active")
         table.add_row(k.id, k.tenant, k.role, k.name, k.user_id or "", _when(k.created_at),
-                      _when(k.expires_at), _when(k.last_used_at), status)
+                      _when(k.expires_at), _when(k.last_used_at), status,
+                      ", ".join(f"{n}={v:g}" for n, v in (k.budget or {}).items()))
     console.print(table)
 
 

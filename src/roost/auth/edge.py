@@ -10,9 +10,11 @@ For every HTTP request, in this order:
 3. the tenant: the principal's; `server.tenant_header` may name another only for admins or
    requests from `auth.trusted_proxies` (anyone else naming a different tenant → 403);
 4. the role must hold the route's permission → else 403;
-5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs) whose user_id
-   is theirs — anything else answers 404, like another tenant's object;
-6. a turn of a tenant whose budget is spent → 429 `budget_exceeded` (`budgets.py`);
+5. with `auth.user_scoped`, a `user` reaches only sessions (and their runs, artifacts, and
+   the ids the protocol adapters take: `roost.runtime.scope`) whose user_id is theirs —
+   anything else answers 404, like another tenant's object;
+6. a turn (native or through a protocol) of a tenant, or with an API key, whose budget is
+   spent → 429 `budget_exceeded` (`budgets.py`, `keybudgets/`);
 7. `scope["roost.principal"]` carries the result to the routes (`tenant_of`, `principal_of`).
 
 State-changing calls and refusals go to the audit log (`audit.py`). The cost on a cached
@@ -30,10 +32,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from roost.auth.audit import STATE_CHANGING
 from roost.auth.budgets import BudgetGate, UsageQuery
 from roost.auth.chain import Auth
-from roost.auth.permissions import RouteTable, allowed
+from roost.auth.keybudgets import CHARGE_TO
+from roost.auth.permissions import PROTOCOL_ROUTES, RouteTable, allowed
 from roost.auth.principal import ANONYMOUS, PRINCIPAL, Principal
-from roost.errors import InvalidInput, RoostError, RunNotFound, SessionNotFound
+from roost.errors import ArtifactNotFound, InvalidInput, RoostError, RunNotFound, SessionNotFound
+from roost.runtime.scope import ACTING_USER
 from roost.server import problems
+from roost.server.forwarded import PEER
 from roost.server.problems import problem
 from roost.sessions.usage import UsageTotals
 
@@ -42,6 +47,10 @@ if TYPE_CHECKING:
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="roost"'}
 _TURNS = "/v1/sessions/{session_id}/turns"
+# Requests that start runs, the ones budgets admit or refuse: native turns and the
+# protocol adapters' (an MCP POST may also be a tools/list: refused alike when spent).
+_SPENDING = frozenset({("POST", _TURNS), ("POST", "/v1/chat/completions"),
+                       ("POST", "/v1/responses"), ("POST", "/mcp"), ("POST", "/a2a/{agent}")})
 
 
 class AuthEdge:
@@ -99,7 +108,8 @@ class AuthEdge:
                                       "this route needs credentials: Authorization: Bearer <key> "
                                       "or X-API-Key", action, None, target)
         if header_value is not None and header_value != principal.tenant:
-            if principal.is_admin or self.auth.trusted_proxy(scope.get("client")):
+            # The TCP peer (roost.peer behind a trusted proxy), never a forwarded address.
+            if principal.is_admin or self.auth.trusted_proxy(scope.get(PEER, scope.get("client"))):
                 principal = principal.in_tenant(header_value)
             else:
                 return await self._refuse(scope, receive, send, 403, "forbidden",
@@ -126,33 +136,59 @@ class AuthEdge:
                                  client=_client(scope), reason="user_scoped")
                 await problems.error_response(hidden, method, path)(scope, receive, send)
                 return
-        if self.budgets is not None and template == _TURNS and method == "POST":
-            exceeded = await self.budgets.check(principal.tenant)
+        charging = None
+        if (self.budgets is not None or principal.budget is not None) and (
+                (method, template) in _SPENDING):
+            exceeded = None
+            if self.budgets is not None:
+                exceeded = await self.budgets.check(principal.tenant)
+                whose = "tenant"
+            key_budgets = self.auth.key_budgets
+            if (exceeded is None and principal.budget is not None and key_budgets is not None
+                    and principal.key_id is not None):
+                exceeded = await key_budgets.check(principal.key_id, principal.budget)
+                whose = "API key"
+                # The runs this request starts are charged to the key when they end.
+                charging = CHARGE_TO.set(principal.key_id)
             if exceeded is not None:
+                if charging is not None:
+                    CHARGE_TO.reset(charging)
                 what, retry_after = exceeded
                 return await self._refuse(scope, receive, send, 429, "budget_exceeded",
-                                          f"the tenant's {what.replace('_', ' ')} budget is "
+                                          f"the {whose}'s {what.replace('_', ' ')} budget is "
                                           "spent", action, principal, target,
                                           retry_after=retry_after)
         scope[PRINCIPAL] = principal
-        if method not in STATE_CHANGING or not self.trail.enabled:
-            await self.app(scope, receive, send)
-            return
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        acting = None
+        if (self.user_scoped and principal.role == "user"
+                and (method, template) in PROTOCOL_ROUTES):
+            # Their ids are in the bodies: the runtime scopes those lookups itself.
+            acting = ACTING_USER.set(principal.user_id)
         try:
-            await self.app(scope, receive, send_status)
+            if method not in STATE_CHANGING or not self.trail.enabled:
+                await self.app(scope, receive, send)
+                return
+            status = 0
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                outcome = "ok" if 0 < status < 400 else "failed"
+                self.trail.record(action=action, outcome=outcome, status=status or 500,
+                                  principal=principal, tenant=principal.tenant, target=target,
+                                  request_id=scope.get("roost.request_id"),
+                                  client=_client(scope))
         finally:
-            outcome = "ok" if 0 < status < 400 else "failed"
-            self.trail.record(action=action, outcome=outcome, status=status or 500,
-                         principal=principal, tenant=principal.tenant, target=target,
-                         request_id=scope.get("roost.request_id"), client=_client(scope))
+            if acting is not None:
+                ACTING_USER.reset(acting)
+            if charging is not None:
+                CHARGE_TO.reset(charging)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str,
                       detail: str, action: str, principal: Principal | None,
@@ -219,6 +255,10 @@ class AuthEdge:
             query.append(("user_id", principal.user_id or ""))
             scope["query_string"] = urlencode(query).encode("latin-1")
             return None
+        if template == "/v1/artifacts/{artifact_id}":
+            # Tenant-wide ids: a user-scoped user reads artifacts through their session
+            # (/v1/sessions/{id}/artifacts/{artifact_id}), where ownership is checked.
+            return ArtifactNotFound(f"no artifact {target}", artifact_id=target)
         if template == "/v1/runs" and scope["method"] in ("GET", "HEAD"):
             # Runs carry no user: a user-scoped caller lists the runs of one session of
             # their own.

@@ -42,12 +42,20 @@ class ApiKey(msgspec.Struct, kw_only=True):
     expires_at: float | None = None
     revoked_at: float | None = None
     last_used_at: float | None = None
+    # Its own day/month limits (roost.auth.keybudgets): day_tokens, day_cost, month_tokens,
+    # month_cost; None: only the tenant's budget applies.
+    budget: dict[str, float] | None = None
 
     def usable(self, at: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or at < self.expires_at)
 
     def principal(self) -> Principal:
-        return Principal(self.tenant, self.role, self.user_id, self.id, "api_key")
+        budget = None
+        if self.budget:
+            from roost.auth.budgets import Budget
+
+            budget = Budget.model_validate(self.budget)
+        return Principal(self.tenant, self.role, self.user_id, self.id, "api_key", budget)
 
     def public(self) -> dict[str, object]:
         """What `keys list` and the admin routes show: everything but the hash."""
@@ -59,14 +67,15 @@ def digest(token: str) -> str:
 
 
 def new_key(tenant: str, role: Role, name: str, *, user_id: str | None = None,
-            ttl_s: float | None = None, at: float | None = None) -> tuple[ApiKey, str]:
+            ttl_s: float | None = None, at: float | None = None,
+            budget: dict[str, float] | None = None) -> tuple[ApiKey, str]:
     """A new key record and its token (show the token once; store the record)."""
     key_id = secrets.token_hex(6)
     token = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     created = time.time() if at is None else at
     key = ApiKey(id=key_id, tenant=tenant, role=role, name=name, hash=digest(token),
                  user_id=user_id, created_at=created,
-                 expires_at=None if ttl_s is None else created + ttl_s)
+                 expires_at=None if ttl_s is None else created + ttl_s, budget=budget or None)
     return key, token
 
 

@@ -78,6 +78,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/runs/{run_id}/resume"): "sessions:write",
     ("POST", "/v1/runs/{run_id}/approvals"): "sessions:write",
     ("GET", "/v1/artifacts/{artifact_id}"): "sessions:read",
+    ("GET", "/v1/sessions/{session_id}/artifacts/{artifact_id}"): "sessions:read",
     ("GET", "/v1/usage"): "usage:read",
     ("GET", "/v1/admin/stats"): "stats:tenant",
     ("GET", "/v1/admin/audit"): "audit:tenant",

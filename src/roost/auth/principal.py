@@ -15,10 +15,13 @@ anonymous admin of tenant `default` (`ANONYMOUS`), so the README's commands need
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
 
 from roost.sessions.records import DEFAULT_TENANT
+
+if TYPE_CHECKING:
+    from roost.auth.budgets import Budget
 
 Role = Literal["admin", "operator", "user", "viewer"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -34,6 +37,8 @@ class Principal:
     user_id: str | None = None
     key_id: str | None = None
     subject: Literal["anonymous", "api_key", "oidc"] = "api_key"
+    # The API key's own budget (roost.auth.keybudgets); not part of who the caller is.
+    budget: Budget | None = field(default=None, compare=False, hash=False)
 
     @property
     def is_admin(self) -> bool:
@@ -43,7 +48,8 @@ class Principal:
         """The same caller acting in `tenant` (an admin, or a trusted proxy's tenant header)."""
         if tenant == self.tenant:
             return self
-        return Principal(tenant, self.role, self.user_id, self.key_id, self.subject)
+        return Principal(tenant, self.role, self.user_id, self.key_id, self.subject,
+                         self.budget)
 
 
 #: The ASGI scope key under which `roost.auth.edge.AuthEdge` leaves the request's principal.

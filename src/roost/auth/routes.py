@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from roost.auth.budgets import Budget
 from roost.auth.chain import Auth
 from roost.auth.keys import new_key
 from roost.auth.principal import PRINCIPAL, Role
@@ -28,6 +29,8 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     user_id: str | None = None
     expires_in_s: float | None = Field(None, gt=0)
+    budget: Budget | None = Field(None, description="the key's own day/month limits on "
+                                  "tokens and cost (429 budget_exceeded once spent)")
 
 
 def _auth(request: Request) -> Auth:
@@ -37,8 +40,9 @@ def _auth(request: Request) -> Auth:
 @router.post("/keys", status_code=201)
 async def create_key(body: KeyCreate, request: Request) -> Response:
     """A new key; `token` is shown this once (only its hash is stored)."""
+    budget = body.budget.model_dump(exclude_none=True) if body.budget else None
     key, token = new_key(body.tenant, body.role, body.name, user_id=body.user_id,
-                         ttl_s=body.expires_in_s)
+                         ttl_s=body.expires_in_s, budget=budget)
     await _auth(request).keys.add(key)
     return json_response({**key.public(), "token": token}, status=201)
 

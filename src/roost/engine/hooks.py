@@ -42,5 +42,9 @@ class EngineHooks:
     def tool_end(self, token: Any, outcome: str, error: BaseException | None) -> None:
         """`outcome`: "ok", "error", "timeout", "cancelled", "invalid_arguments"."""
 
+    def guardrail(self, agent: str, guardrail: str, stage: str, action: str) -> None:
+        """A guardrail decided something other than pass (`roost.guardrails`): `stage` is
+        input, output or tool_result; `action` transform, flag or reject."""
+
 
 NO_HOOKS = EngineHooks()

@@ -35,12 +35,15 @@ from roost.errors import (
     BudgetExceeded,
     MaxStepsExceeded,
     ModelError,
+    OutputRejected,
     RoostError,
     RunFailure,
     RunWaiting,
     SessionMoved,
     SessionNotFound,
 )
+from roost.guardrails.base import Decision, GuardrailContext
+from roost.guardrails.pipeline import Guardrails, Rejected
 from roost.models.base import (
     Message,
     Model,
@@ -109,6 +112,9 @@ class RunContext:
     # True when the run ended in a store outage and its terminal event could not be written:
     # the record may not match the log until the runtime settles it.
     unsettled: bool = False
+    # The agent's guardrails (None: none, nothing to pay) and what its input ones decided.
+    guardrails: Guardrails | None = None
+    input_decisions: list[Decision] = field(default_factory=list)
     # Human in the loop: which calls wait for a person, and the decisions so far (None: no
     # call of this agent ever waits, and approvals cost nothing).
     gate: ApprovalGate | None = None
@@ -128,6 +134,11 @@ class Runner:
         self._owner = ctx.run.owner  # the instance running it (cleared when the run ends)
         self._metadata = {"run_id": ctx.run.id, "tenant": ctx.run.tenant,
                           "agent": ctx.agent.name, "session_id": ctx.session.id}
+        guardrails = ctx.guardrails
+        # With output guardrails a final answer must be checked before anyone sees it, and
+        # a model step is known to be final only once it ended: whole messages, no deltas.
+        self._hold_deltas = guardrails is not None and bool(guardrails.output)
+        self._guard_tools = guardrails is not None and bool(guardrails.tool_result)
         # Compaction within the run: the log seq of each assistant message of this attempt
         # (by identity), where a summary's verbatim tail may start.
         self._seqs: dict[int, tuple[Message, int]] = {}
@@ -194,6 +205,8 @@ class Runner:
 
         started: dict[str, Any] = {"input": ctx.run.input, "agent": ctx.agent.name,
                                    "attempt": ctx.run.attempt}
+        if ctx.input_decisions:
+            started["guardrails"] = [d.data() for d in ctx.input_decisions]
         if ctx.budget is not None:  # the log carries it to wherever the run resumes
             started["budget"] = ctx.budget.to_data()
         if ctx.run.parent_run_id is not None:
@@ -230,11 +243,18 @@ class Runner:
             message = response.message
             if message.role != "assistant":
                 message = Message(role="assistant", content=message.content, tool_calls=message.tool_calls)
+            decisions: list[Decision] = []
+            if not message.tool_calls and self._hold_deltas:
+                # Before the answer joins the conversation: a rejected one is never seen,
+                # stored or remembered by the session's cached history.
+                message, decisions = await self._guard_output(message)
             ctx.messages.append(message)
             data = message_event_data(message)
             data["model"] = response.model or ctx.model.name
             data["usage"] = {"input_tokens": response.usage.input_tokens,
                              "output_tokens": response.usage.output_tokens}
+            if decisions:
+                data["guardrails"] = [d.data() for d in decisions]
             step = [Event(type="message", run_id=ctx.run.id, data=data)]
             if not message.tool_calls:
                 ctx.run.output = message.content or ""
@@ -327,8 +347,9 @@ class Runner:
                         if first:
                             ctx.hooks.model_first_token(token)
                             first = False
-                        ctx.emit(Event(type="message.delta", run_id=ctx.run.id,
-                                       data={"text": item.text}))
+                        if not self._hold_deltas:
+                            ctx.emit(Event(type="message.delta", run_id=ctx.run.id,
+                                           data={"text": item.text}))
                     else:
                         response = item
             if response is None:
@@ -341,6 +362,44 @@ class Runner:
         ctx.run.usage.add(response.usage)
         return response
 
+    async def _guard_output(self, message: Message) -> tuple[Message, list[Decision]]:
+        """The final answer after the output guardrails; `OutputRejected` ends the run
+        `failed` without it."""
+        ctx = self.ctx
+        assert ctx.guardrails is not None
+        gctx = GuardrailContext("output", ctx.agent.name, ctx.run.tenant, ctx.session.id)
+        try:
+            text, decisions = await ctx.guardrails.apply("output", message.content or "", gctx)
+        except Rejected as exc:
+            ctx.hooks.guardrail(ctx.agent.name, exc.guardrail, "output", "reject")
+            raise OutputRejected(exc.guardrail, exc.reason) from None
+        for d in decisions:
+            ctx.hooks.guardrail(ctx.agent.name, d.guardrail, "output", d.action)
+        if text != (message.content or ""):
+            message = Message(role="assistant", content=text)
+        return message, decisions
+
+    async def _guard_tool_result(self, tool: str, content: str
+                                 ) -> tuple[str, str | None, dict[str, Any] | None]:
+        """A tool result after the tool_result guardrails: (content, outcome override,
+        the decision for the event). A rejected result is withheld from the model."""
+        ctx = self.ctx
+        assert ctx.guardrails is not None
+        untrusted = bool(getattr(ctx.tools.get(tool), "untrusted", False))
+        gctx = GuardrailContext("tool_result", ctx.agent.name, ctx.run.tenant, ctx.session.id,
+                                tool=tool, untrusted=untrusted)
+        try:
+            content, decisions = await ctx.guardrails.apply("tool_result", content, gctx)
+        except Rejected as exc:
+            ctx.hooks.guardrail(ctx.agent.name, exc.guardrail, "tool_result", "reject")
+            withheld = (f"Error: the result of {tool} was withheld by guardrail "
+                        f"{exc.guardrail}: {exc.reason}")
+            return withheld, "rejected", {"guardrail": exc.guardrail, "stage": "tool_result",
+                                          "action": "reject", "reason": exc.reason}
+        for d in decisions:
+            ctx.hooks.guardrail(ctx.agent.name, d.guardrail, "tool_result", d.action)
+        return content, None, decisions[-1].data() if decisions else None
+
     async def _run_tools(self, calls: list[ToolCall]) -> None:
         """Run a step's tool calls in parallel under the agent's bound; each result is
         persisted as it completes. A failing tool is a result, never a crash."""
@@ -350,6 +409,10 @@ class Runner:
             async with limit:
                 content, outcome, duration, kept = await self._call_tool(call)
             self.ctx.tool_calls += 1
+            guarded = None
+            if self._guard_tools and outcome == "ok":
+                content, rejected, guarded = await self._guard_tool_result(call.name, content)
+                outcome = rejected or outcome
             policies = self.ctx.agent.policies
             content, artifact = await offload_if_large(
                 content, limit_bytes=policies.max_tool_result_bytes, store=self.ctx.artifacts,
@@ -362,6 +425,8 @@ class Runner:
                 data["artifact"] = artifact
             if kept:  # what the tool itself stored (an MCP server's images, say)
                 data["artifacts"] = kept
+            if guarded is not None:
+                data["guardrail"] = guarded
             result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
             async with self._append_lock:
                 self.ctx.messages.append(result)
@@ -480,4 +545,6 @@ def _error(exc: RoostError) -> dict[str, Any]:
         data.update(exc.details)
     if isinstance(exc, ModelError):
         data.update(kind=exc.kind, status_code=exc.status_code, provider=exc.provider)
+    elif isinstance(exc, OutputRejected):
+        data.update(guardrail=exc.guardrail, reason=exc.reason)
     return data

@@ -344,6 +344,16 @@ class ObservabilityHooks(EngineHooks):
             self._hook_failed("tool_start")
         return call
 
+    def guardrail(self, agent: str, guardrail: str, stage: str, action: str) -> None:
+        m = self._m
+        if m is None:
+            return
+        try:
+            m.child(m.guardrails, m.guard("agent")(agent), m.guard("guardrail")(guardrail),
+                    stage, action).inc()
+        except Exception:
+            self._hook_failed("guardrail")
+
     def tool_end(self, token: Any, outcome: str, error: BaseException | None) -> None:
         if not isinstance(token, _Call) or token.done:
             return

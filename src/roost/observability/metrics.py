@@ -120,6 +120,10 @@ class Metrics:
         self.tool_duration = Histogram(
             "roost_tool_duration_seconds", "Tool call duration.",
             ("tool",), buckets=TOOL_BUCKETS, registry=reg)
+        self.guardrails = Counter(
+            "roost_guardrail_decisions", "Guardrail decisions other than pass, by agent, "
+            "guardrail, stage (input, output, tool_result) and action.",
+            ("agent", "guardrail", "stage", "action"), registry=reg)
         self.store_latency = Histogram(
             "roost_store_operation_seconds", "Store operation duration by backend and operation.",
             ("backend", "operation"), buckets=STORE_BUCKETS, registry=reg)

@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from roost.engine.context import message_event_data
-from roost.errors import InvalidInput
+from roost.errors import InvalidInput, SessionNotFound
 from roost.models.base import Message
+from roost.runtime import scope
 from roost.runtime.bus import ChannelLagged
 from roost.runtime.runtime import RunHandle, Runtime
 from roost.sessions.records import Event, RunRecord
@@ -44,6 +45,8 @@ async def start_turn(runtime: Runtime, tenant: str, agent: str, messages: list[M
         live = runtime.sessions.peek(tenant, session_id)
         session = live.session if live is not None else await runtime.get_session(tenant,
                                                                                   session_id)
+        if scope.hidden(session):  # auth.user_scoped: another user's session does not exist
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
         if session.agent != agent:
             raise InvalidInput(f"session {session_id} belongs to agent {session.agent!r}, "
                                f"not {agent!r}", field="model")

@@ -24,6 +24,8 @@ from roost.config import Settings
 from roost.engine.approval import ApprovalGate, build_gate
 from roost.engine.run_budget import RunBudget
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
+from roost.guardrails.config import guardrail_from_config
+from roost.guardrails.pipeline import Guardrails
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
 from roost.tools.agent_tool import AgentTool
@@ -59,6 +61,7 @@ class HostedAgent:
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     system: Message | None = None
     summariser: Model | None = None  # the compaction model, when compaction is on
+    guardrails: Guardrails | None = None  # None: none configured, nothing to pay
     # Which calls wait for a person (None: none ever does; see engine/approval.py).
     gate: ApprovalGate | None = None
     # The agent's per-run budget limits (None: unlimited).
@@ -103,7 +106,8 @@ class AgentTable(Mapping[str, HostedAgent]):
                              system=Message(role="system", content=agent.instructions)
                              if agent.instructions else None,
                              summariser=(self.models.resolve(compaction.model)
-                                         if compaction.model else model) if compaction else None)
+                                         if compaction.model else model) if compaction else None,
+                             guardrails=Guardrails.of(agent.guardrails))
         hosted.gate = build_gate(tools.values(), agent.policies.approval)
         hosted.budget = agent.limits.run_budget()
         self._agents[agent.name] = hosted
@@ -122,6 +126,9 @@ class AgentTable(Mapping[str, HostedAgent]):
                               [(f"agents.{agent.name}", str(exc))]) from None
         tools = (agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
                  + [AgentTool(name) for name in override.agent_tools])
+        guardrails = agent.guardrails + [
+            guardrail_from_config(table, f"agents.{agent.name}.guardrails[{i}]")
+            for i, table in enumerate(override.guardrails)]
         if "ask_user" in override.builtin_tools and not any(
                 getattr(t, "name", None) == "ask_user" for t in tools):
             from roost.tools.ask_user import ask_user
@@ -130,7 +137,7 @@ class AgentTable(Mapping[str, HostedAgent]):
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
-                     model_settings=agent.model_settings)
+                     model_settings=agent.model_settings, guardrails=guardrails)
 
     def _mcp_server(self, name: str) -> Toolset:
         known = self._mcp_servers.get(name)

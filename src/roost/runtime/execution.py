@@ -61,7 +61,8 @@ class Executor:
                          artifacts=rt.artifacts, budget=handle.budget,
                          gate=with_decisions(hosted.gate, handle.decisions),
                          tool_calls=handle.tool_calls,
-                         compaction=agent.policies.compaction, summariser=hosted.summariser)
+                         compaction=agent.policies.compaction, summariser=hosted.summariser,
+                         guardrails=hosted.guardrails, input_decisions=handle.guardrails)
         handle.ctx = ctx
         handle.started = True
         # The run's record is first written by its first append, maybe long after it was

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from roost.engine.approval import Decision
 from roost.engine.run import RunContext
 from roost.engine.run_budget import RunBudget
+from roost.guardrails.base import Decision as GuardrailDecision
 from roost.models.base import Message
 from roost.runtime.bus import RunChannel
 from roost.sessions.records import Event, RunRecord
@@ -34,6 +35,8 @@ class RunHandle:
     conversation: list[Message] = field(default_factory=list)
     # Holds this session's store lease (shared stores): released when the run ends.
     leased: bool = False
+    # What the input guardrails changed or flagged (recorded on `run.started`).
+    guardrails: list[GuardrailDecision] = field(default_factory=list)
     # What the run may spend, the decisions a person made on its calls, and the tool calls
     # it made before (a resumed run: all three read back from its log).
     budget: RunBudget | None = None

@@ -36,8 +36,16 @@ from roost.bus import FleetBus, open_bus
 from roost.config import Settings
 from roost.engine.hooks import NO_HOOKS, EngineHooks
 from roost.engine.run_budget import RunBudget
-from roost.errors import Conflict, RoostError, SessionNotFound, StoreUnavailable, Unavailable
+from roost.errors import (
+    Conflict,
+    RoostError,
+    RunNotFound,
+    SessionNotFound,
+    StoreUnavailable,
+    Unavailable,
+)
 from roost.models.registry import ModelRegistry
+from roost.runtime import scope as user_scope
 from roost.runtime.adaptive import AdaptiveConfig, watch_loop
 from roost.runtime.admission import AdmissionController, Priority, Slot
 from roost.runtime.agents import AgentTable, AgentUnavailable, HostedAgent
@@ -86,6 +94,9 @@ class Runtime:
         self.store = store or open_store(self.settings.store.url, **self.settings.store.options)
         self.models = models or ModelRegistry(self.settings.providers, self.settings.models)
         self.hooks = hooks
+        # Called with each run's record as its task ends, in that task (its context holds
+        # what the request that started it set: roost.auth.keybudgets charges a key so).
+        self.run_end_listeners: list[Callable[[RunRecord], None]] = []
         artifacts = self.settings.artifacts
         self.artifacts: ArtifactStore = (
             open_artifact_store(artifacts.url, **artifacts.options) if artifacts.url
@@ -268,6 +279,9 @@ class Runtime:
         """A new session; with `idempotency_key`, the same key and request within the key's
         lifetime return the session the first request created."""
         hosted = self.agents.hosted(agent)
+        acting = user_scope.owner_for_new()
+        if acting is not user_scope.UNSCOPED:  # a user-scoped protocol request: it owns the session
+            user_id = acting  # type: ignore[assignment]
         session_id = new_id("ses")
         if idempotency_key is not None:
             mine = fingerprint({"agent": agent, "user_id": user_id, "state": state,
@@ -296,7 +310,10 @@ class Runtime:
         return session
 
     async def get_session(self, tenant: str, session_id: str) -> Session:
-        return await self.store.get_session(tenant, session_id)
+        session = await self.store.get_session(tenant, session_id)
+        if user_scope.hidden(session):
+            raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
+        return session
 
     async def list_sessions(self, tenant: str, **filters: Any) -> Page:
         return await self.store.list_sessions(tenant, **filters)
@@ -343,11 +360,22 @@ class Runtime:
         self.runs.pop(run.id, None)
         self.sessions.unpin(live)
         handle.finish()
+        for listener in self.run_end_listeners:
+            try:
+                listener(run)
+            except Exception:  # a listener's bug must not break the run's cleanup
+                log.exception("a run-end listener failed on run %s", run.id)
 
     def live_run(self, tenant: str, run_id: str) -> RunHandle | None:
         """The run when this process drives it."""
         handle = self.runs.get(run_id)
-        return handle if handle is not None and handle.run.tenant == tenant else None
+        if handle is None or handle.run.tenant != tenant:
+            return None
+        if user_scope.ACTING_USER.get() is not user_scope.UNSCOPED:
+            live = self.sessions.peek(tenant, handle.run.session_id)
+            if live is None or user_scope.hidden(live.session):
+                return None
+        return handle
 
     async def list_runs(self, tenant: str, **query: Any) -> Page:
         """A page of the tenant's runs, newest first (see `roost.background.listing`)."""
@@ -357,7 +385,13 @@ class Runtime:
         handle = self.live_run(tenant, run_id)
         if handle is not None:
             return handle.run
-        return await self.store.get_run(tenant, run_id)
+        run = await self.store.get_run(tenant, run_id)
+        if user_scope.ACTING_USER.get() is not user_scope.UNSCOPED:
+            try:
+                await self.get_session(tenant, run.session_id)
+            except SessionNotFound:
+                raise RunNotFound(f"run {run_id} not found", run_id=run_id) from None
+        return run
 
     async def read_run_events(self, tenant: str, run: RunRecord, *, after: int = 0,
                               limit: int = 1000) -> list[Event]:
@@ -379,6 +413,8 @@ class Runtime:
                          wait_s: float = 10.0) -> RunRecord:
         """Cancel a run wherever it runs: here, or through the bus on its owner; returns its
         record once it ended (or as it stands after `wait_s`)."""
+        if user_scope.ACTING_USER.get() is not user_scope.UNSCOPED:
+            await self.get_run(tenant, run_id)  # another user's run: not found
         handle = self.live_run(tenant, run_id)
         if handle is not None:
             handle.cancel("user")

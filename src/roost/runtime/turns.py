@@ -16,7 +16,17 @@ from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
 from roost.engine.run_budget import RunBudget
-from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
+from roost.errors import (
+    InputRejected,
+    InvalidInput,
+    RoostError,
+    SessionBusy,
+    SessionNotFound,
+    StoreUnavailable,
+)
+from roost.guardrails.base import Decision, GuardrailContext
+from roost.guardrails.pipeline import Rejected
+from roost.runtime import scope
 from roost.runtime.admission import InheritedSlot, Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
@@ -63,6 +73,8 @@ class Turns:
             except StoreUnavailable:
                 rt.store_failed()
                 raise
+            if scope.hidden(live.session):  # user-scoped protocol request, another's session
+                raise SessionNotFound(f"session {session_id} not found", session_id=session_id)
             hosted = rt.agents.hosted(live.session.agent)
             limits = hosted.agent.limits
             if not text or not text.strip():
@@ -71,6 +83,9 @@ class Turns:
                 raise InvalidInput(f"input is longer than {limits.max_input_chars} characters",
                                    field="input")
             rt.agents.check_admits(hosted)
+            decisions: list[Decision] = []
+            if hosted.guardrails is not None and hosted.guardrails.input:
+                text, decisions = await self._guard_input(hosted, tenant, session_id, text)
         except BaseException:
             slot.release()
             raise
@@ -88,7 +103,7 @@ class Turns:
         policy = "enqueue" if claimed is not None else hosted.agent.policies.double_texting
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
                            stream=stream, done=loop.create_future(),
-                           budget=RunBudget.resolve(budget, hosted.budget))
+                           budget=RunBudget.resolve(budget, hosted.budget), guardrails=decisions)
         try:
             lane_wait = rt.lanes.enter((tenant, session_id), handle, policy=policy,
                                        max_pending=hosted.agent.policies.max_pending_turns,
@@ -125,6 +140,24 @@ class Turns:
         handle.task = rt.spawn(self._drive(handle, hosted, live, slot, lane_wait,
                                            loop.time() + timeout, policy), name=f"run-{run.id}")
         return handle
+
+    async def _guard_input(self, hosted: HostedAgent, tenant: str, session_id: str,
+                           text: str) -> tuple[str, list[Decision]]:
+        """The input after the agent's input guardrails; `InputRejected` (422, nothing
+        stored: no run exists yet) at the first rejection."""
+        assert hosted.guardrails is not None
+        hooks = self.runtime.hooks
+        ctx = GuardrailContext("input", hosted.name, tenant, session_id)
+        try:
+            text, decisions = await hosted.guardrails.apply("input", text, ctx)
+        except Rejected as exc:
+            hooks.guardrail(hosted.name, exc.guardrail, "input", "reject")
+            log.info("guardrail %s rejected an input of session %s: %s", exc.guardrail,
+                     session_id, exc.reason)
+            raise InputRejected(exc.guardrail, exc.reason) from None
+        for d in decisions:
+            hooks.guardrail(hosted.name, d.guardrail, "input", d.action)
+        return text, decisions
 
     async def _claim_key(self, run: RunRecord, key: str, timeout_s: float | None,
                          priority: str) -> None:

@@ -33,6 +33,7 @@ from roost.protocols.mount import Protocols
 from roost.protocols.openapi import add_protocol_paths
 from roost.runtime.runtime import Runtime
 from roost.server import problems
+from roost.server.forwarded import ForwardedClient
 from roost.server.hotpath import HotPath
 from roost.server.limits import BodySizeLimit
 from roost.server.routes import (
@@ -162,10 +163,16 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     entry = protocols.wrap(entry)
     edge = AuthEdge(entry, auth, runtime)
     app.state.budgets = edge.budgets  # shown by GET /v1/usage
+    if auth.key_budgets is not None:  # keys' own budgets: charged when their runs end
+        runtime.run_end_listeners.append(auth.key_budgets.charge)
     entry = edge
     entry = BodySizeLimit(entry, max_bytes=settings.server.max_body_bytes)
     entry = harden(entry, settings.transport)
     if observability is not None:
         # Outermost: it sees every request, refused and malformed ones included.
         entry = ObservabilityMiddleware(entry, observability=observability)
+    if settings.transport.trusted_proxies:  # outermost: everyone inside sees the real client
+        entry = ForwardedClient(entry, settings.transport.trusted_proxies,
+                                max_in_flight_per_client=settings.transport
+                                .max_connections_per_client)
     return RoostApp(app, entry)

@@ -91,8 +91,12 @@ def roost_error_response(exc: RoostError) -> Response:
     # An outage during a run names the run where clients look for it on every turn
     # response: its outcome can be fetched once the store answers.
     headers = {"X-Run-Id": run_id, "Location": f"/v1/runs/{run_id}"} if run_id else None
-    return problem(exc.status, exc.type, exc.message, field=field, retry_after=retry_after,
-                   headers=headers)
+    guardrail = exc.details.get("guardrail")
+    errors = None if guardrail is None else [  # which guardrail refused, and why
+        {"field": field or "input", "type": exc.type, "guardrail": guardrail,
+         "message": exc.details.get("reason", exc.message)}]
+    return problem(exc.status, exc.type, exc.message, field=field, errors=errors,
+                   retry_after=retry_after, headers=headers)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -21,11 +21,12 @@ client address and closes those over the cap at once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -46,14 +47,28 @@ class TransportConfig(BaseModel):
     tls_keyfile_password_env: str | None = None
     tls_client_ca: str | None = Field(None, description="require client certificates "
                                       "signed by this CA")
+    trusted_proxies: list[str] = Field(default_factory=list, description="peers (CIDRs or "
+                                       "addresses) whose X-Forwarded-For / Forwarded name "
+                                       "the client (roost.server.forwarded)")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        from roost.server.forwarded import parse_networks
+
+        parse_networks(value)
+        return value
 
 
 def uvicorn_options(config: TransportConfig) -> dict[str, Any]:
     """Keyword arguments for `uvicorn.Config` that apply `config`."""
     import os
 
+    # proxy_headers off: uvicorn would trust X-Forwarded-For from 127.0.0.1 by default;
+    # roost.server.forwarded honours it from transport.trusted_proxies only.
     options: dict[str, Any] = {"http": guarded_protocol(config),
-                               "timeout_keep_alive": config.keep_alive_s}
+                               "timeout_keep_alive": config.keep_alive_s,
+                               "proxy_headers": False}
     if config.tls_certfile:
         options["ssl_certfile"] = config.tls_certfile
         options["ssl_keyfile"] = config.tls_keyfile
@@ -71,6 +86,16 @@ def guarded_protocol(config: TransportConfig) -> type:
 
     header_timeout_s = config.header_timeout_s
     cap = config.max_connections_per_client
+    # A trusted proxy's connections carry many clients: ForwardedClient caps each
+    # client's requests in flight instead.
+    proxies = [ipaddress.ip_network(p, strict=False) for p in config.trusted_proxies]
+
+    def is_proxy(host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in proxies)
     open_by_client: Counter[str] = Counter()
 
     class GuardedHttpProtocol(HttpToolsProtocol):
@@ -81,6 +106,9 @@ def guarded_protocol(config: TransportConfig) -> type:
             super().connection_made(transport)
             if cap:
                 host = self.client[0] if self.client else ""
+                if proxies and is_proxy(host):
+                    self._arm()
+                    return
                 if open_by_client[host] >= cap:
                     transport.close()
                     return

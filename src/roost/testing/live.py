@@ -16,6 +16,7 @@ import time
 from types import TracebackType
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from roost.runtime.runtime import Runtime
 from roost.server.app import create_app
@@ -29,14 +30,15 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(self, runtime: Runtime, *, port: int | None = None,
-                 startup_timeout_s: float = 10.0) -> None:
+                 startup_timeout_s: float = 10.0, app: ASGIApp | None = None) -> None:
         self.runtime = runtime
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout_s = startup_timeout_s
-        config = uvicorn.Config(create_app(runtime), host="127.0.0.1", port=self.port,
+        # `app`: the runtime's app built otherwise (with observability, auth, …)
+        config = uvicorn.Config(app or create_app(runtime), host="127.0.0.1", port=self.port,
                                 log_level=None, access_log=False, lifespan="on",
-                                log_config=None)
+                                log_config=None, proxy_headers=False)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="roost-live-server",
                                         daemon=True)

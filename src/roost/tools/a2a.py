@@ -55,6 +55,7 @@ class A2AAgentTool:
         self.name = name or _NAME.sub("_", self.url.rsplit("/", 1)[-1]) or "remote_agent"
         self.description = description or f"Ask the remote agent at {self.url}."
         self.timeout_s = timeout_s
+        self.untrusted = True  # a remote agent's answer: the prompt-injection check reads it
         self.headers = dict(headers or {})
         self._client: Client | None = None
         self._http: httpx.AsyncClient | None = None

@@ -84,9 +84,13 @@ class FunctionTool:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        untrusted: bool = False,
         requires_approval: bool = False,
     ) -> None:
         self.fn = fn
+        # Its results come from outside (web pages, mail, other people's text): the
+        # prompt-injection guardrail checks them (roost.guardrails.injection).
+        self.untrusted = untrusted
         self.requires_approval = requires_approval
         self.name = name or fn.__name__
         if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", self.name):
@@ -157,6 +161,7 @@ def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
 @overload
 def tool(
     *, name: str | None = None, description: str | None = None, timeout_s: float | None = None,
+    untrusted: bool = False,
     requires_approval: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
@@ -168,12 +173,14 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
+    untrusted: bool = False,
     requires_approval: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
-    """Turn a typed function (sync or async) into a tool. Usable bare or with options."""
+    """Turn a typed function (sync or async) into a tool. Usable bare or with options;
+    `untrusted=True` marks results written by third parties (see roost.guardrails)."""
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
         return FunctionTool(f, name=name, description=description, timeout_s=timeout_s,
-                            requires_approval=requires_approval)
+                            untrusted=untrusted, requires_approval=requires_approval)
 
     return wrap(fn) if fn is not None else wrap

@@ -273,6 +273,7 @@ class MCPTool:
         self.description = spec.description or ""
         self.parameters: dict[str, Any] = dict(spec.input_schema)
         self.timeout_s = toolset.timeout_s
+        self.untrusted = True  # another process's text: the prompt-injection check reads it
 
     async def call(self, arguments: str, ctx: ToolContext) -> str:
         try:

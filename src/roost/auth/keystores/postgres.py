@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from roost.auth.keys import ApiKey
 from roost.auth.pg_table import PostgresTable
 
 _COLUMNS = ("id", "tenant", "role", "name", "hash", "user_id", "created_at", "expires_at",
-            "revoked_at", "last_used_at")
+            "revoked_at", "last_used_at", "budget")  # budget: migration 0006, JSON text
 _SELECT = ", ".join(_COLUMNS)
 
 
@@ -21,7 +23,7 @@ class PostgresKeyStore(PostgresTable):
         pool = await self._pool_()
         await pool.execute(f"INSERT INTO {self._table} ({_SELECT}) VALUES "
                            f"({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})",
-                           *(getattr(key, c) for c in _COLUMNS))
+                           *(_column(key, c) for c in _COLUMNS))
 
     async def get(self, key_id: str) -> ApiKey | None:
         pool = await self._pool_()
@@ -55,5 +57,13 @@ class PostgresKeyStore(PostgresTable):
             list(used), list(used.values()))
 
 
+def _column(key: ApiKey, name: str) -> Any:
+    value = getattr(key, name)
+    return orjson.dumps(value).decode() if name == "budget" and value is not None else value
+
+
 def _key(row: Any) -> ApiKey:
-    return ApiKey(**{c: row[c] for c in _COLUMNS})
+    fields = {c: row[c] for c in _COLUMNS}
+    if fields["budget"] is not None:
+        fields["budget"] = orjson.loads(fields["budget"])
+    return ApiKey(**fields)
