@@ -20,8 +20,11 @@ class Received:
 class Receiver:
     fail_first: int = 0
     hold: threading.Event | None = None  # requests wait for it when set
+    hang_first: int = 0  # the first N requests get no answer until the receiver closes
     received: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
+    closing: threading.Event = field(default_factory=threading.Event)
+    seen: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -40,7 +43,13 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver._lock:
+                    receiver.seen += 1
+                    hang = receiver.seen <= receiver.hang_first
                 receiver.arrived.set()
+                if hang:
+                    receiver.closing.wait(60)
+                    return
                 if receiver.hold is not None:
                     receiver.hold.wait(30)
                 with receiver._lock:
@@ -60,6 +69,7 @@ class Receiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()
         if self.hold is not None:
             self.hold.set()
         assert self._server is not None
