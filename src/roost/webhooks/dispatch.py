@@ -43,7 +43,8 @@ from roost.runtime.handle import new_id
 from roost.sessions.records import TERMINAL_STATUSES, RunRecord
 from roost.webhooks.config import WebhooksConfig
 from roost.webhooks.records import END_EVENTS, EVENTS, Attempt, Delivery
-from roost.webhooks.signing import new_secret, sign
+from roost.webhooks.secrets import rotate, secret_of
+from roost.webhooks.signing import sign
 from roost.webhooks.store import WebhookStore, open_webhook_store
 from roost.webhooks.targets import TargetRefused, check_url, resolve_checked
 
@@ -131,15 +132,12 @@ class Webhooks:
     # -- secrets -----------------------------------------------------------------------
     async def secret(self, tenant: str) -> str:
         """The tenant's signing secret, created on first use."""
-        stored = await self.store.get_secret(tenant)
-        if stored is None:
-            stored = await self.store.put_secret(tenant, new_secret(), replace=False)
-        return stored
+        return await secret_of(self.store, tenant)
 
     async def rotate_secret(self, tenant: str) -> str:
         """A new secret for the tenant, used from the next attempt on (every instance reads
         it per attempt)."""
-        return await self.store.put_secret(tenant, new_secret())
+        return await rotate(self.store, tenant)
 
     # -- delivering --------------------------------------------------------------------
     async def deliver_forever(self) -> None:
