@@ -470,6 +470,7 @@ class Runtime:
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
             "background": {**self.background.statistics(), **self.scheduler.statistics()},
+            "webhooks": self.webhooks.statistics(),
         }
 
 

@@ -153,7 +153,7 @@ class Webhooks:
                     try:
                         batch = await self.store.claim(rt.instance_id, cfg.lease_s, free,
                                                        cfg.per_tenant_concurrency)
-                    except RoostError as exc:
+                    except Exception as exc:  # the store is down: try again next poll
                         log.warning("webhooks: claim failed: %s", exc)
                         batch = []
                     for delivery in batch:
