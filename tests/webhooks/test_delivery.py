@@ -167,3 +167,35 @@ def test_rotating_the_secret_changes_the_signature(http: httpx.Client) -> None:
     after = rotated.json()["secret"]
     assert after != before and after.startswith("whsec_")
     assert http.get("/v1/admin/webhooks/secret").json()["secret"] == after
+
+
+def test_one_tenants_hanging_receiver_does_not_hold_back_anothers(tmp_path: Any) -> None:
+    """Four delivery slots, two per tenant: `slow`'s six hanging deliveries take two, and
+    `fast`'s are delivered meanwhile (without the per-tenant bound they would wait for
+    `slow`'s attempts to time out)."""
+    with serving(tmp_path) as start, Receiver(hang_first=1000) as dead, Receiver() as alive:
+        server = start(server={"tenant_header": "X-Tenant"}, webhooks={
+            **FAST, "timeout_s": 20, "lease_s": 30, "concurrency": 4,
+            "per_tenant_concurrency": 2})
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            runs: dict[str, list[str]] = {"slow": [], "fast": []}
+            for tenant, receiver, n in (("slow", dead, 6), ("fast", alive, 3)):
+                headers = {"X-Tenant": tenant}
+                for _ in range(n):
+                    session = http.post("/v1/agents/weather/sessions", json={},
+                                        headers=headers).json()["id"]
+                    turn = http.post(f"/v1/sessions/{session}/turns", headers=headers, json={
+                        "input": "Weather in Riga?", "webhook": {"url": receiver.url}})
+                    runs[tenant].append(turn.json()["run_id"])
+                if tenant == "slow":
+                    wait_until(lambda: dead.seen >= 2, what="slow's deliveries to hang")
+
+            def delivered(run_id: str) -> bool:
+                items = http.get(f"/v1/runs/{run_id}/deliveries",
+                                 headers={"X-Tenant": "fast"}).json()["items"]
+                return bool(items) and items[0]["state"] == "delivered"
+
+            wait_until(lambda: all(delivered(r) for r in runs["fast"]),
+                       what="fast's deliveries while slow's hang")
+            assert dead.seen == 2  # never more than its two slots
+            assert len(alive.accepted()) == 3
