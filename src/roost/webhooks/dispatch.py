@@ -156,15 +156,18 @@ class Webhooks:
                     except Exception as exc:  # the store is down: try again next poll
                         log.warning("webhooks: claim failed: %s", exc)
                         batch = []
+                    given_back = 0
                     for delivery in batch:
                         if self._per_tenant[delivery.tenant] >= cfg.per_tenant_concurrency:
-                            # This tenant has enough in flight here: give the row back.
+                            # This tenant has enough in flight here: give the row back (and
+                            # do not claim again before the next poll, or this would spin).
+                            given_back += 1
                             group.create_task(self._give_back(delivery))
                             continue
                         self._per_tenant[delivery.tenant] += 1
                         self.stats.in_flight += 1
                         group.create_task(self._handle(delivery))
-                    full = len(batch) == free
+                    full = len(batch) == free and not given_back
                 if full:
                     continue
                 try:
