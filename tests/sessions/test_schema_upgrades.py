@@ -26,7 +26,7 @@ from roost.sessions.usage import UsageTotals
 from tests.conftest import POSTGRES_URL, require_service
 
 # Migrations after the session store's: roost.auth's tables (API keys, the audit trail), roost.background's.
-LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background"]
+LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background", "0009_webhooks"]
 T = "acme"
 CREATED = 1_700_000_000.0
 OLD_USAGE = '{"input_tokens":12,"output_tokens":3,"cost":0.5}'

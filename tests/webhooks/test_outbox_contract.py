@@ -115,3 +115,11 @@ async def test_secrets_put_if_absent_and_replace(outbox: WebhookStore) -> None:
     assert await outbox.put_secret("acme", "whsec_three") == "whsec_three"
     assert await outbox.get_secret("acme") == "whsec_three"
     assert await outbox.get_secret("globex") is None
+
+
+async def test_a_claim_leaves_out_excluded_tenants(outbox: WebhookStore) -> None:
+    for i in range(3):
+        await outbox.arm(delivery("busy", i))
+    await outbox.arm(delivery("idle", 0, next_at=1.0))
+    got = await outbox.claim("a", 30.0, 2, 2, ["busy"])
+    assert [d.tenant for d in got] == ["idle"]

@@ -151,8 +151,13 @@ class Webhooks:
                 full = False
                 if free > 0 and not rt.draining:
                     try:
+                        # Tenants with their fill in flight here are left out of the claim:
+                        # their older rows would otherwise take every place in it, claim
+                        # after claim, and starve the other tenants.
+                        busy = [t for t, n in self._per_tenant.items()
+                                if n >= cfg.per_tenant_concurrency]
                         batch = await self.store.claim(rt.instance_id, cfg.lease_s, free,
-                                                       cfg.per_tenant_concurrency)
+                                                       cfg.per_tenant_concurrency, busy)
                     except Exception as exc:  # the store is down: try again next poll
                         log.warning("webhooks: claim failed: %s", exc)
                         batch = []

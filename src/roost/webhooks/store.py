@@ -17,6 +17,7 @@ backlog (a dead receiver retried for a day) never fills another tenant's claim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from roost.errors import ConfigError
@@ -36,9 +37,10 @@ class WebhookStore(Protocol):
     async def wake(self, tenant: str, run_id: str, at: float) -> None:
         """Make an armed delivery due by `at` (its run ended)."""
 
-    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int
-                    ) -> list[Delivery]:
-        """Up to `limit` open, due, unleased deliveries, leased to `owner` (see above)."""
+    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int,
+                    exclude: Sequence[str] = ()) -> list[Delivery]:
+        """Up to `limit` open, due, unleased deliveries, leased to `owner` (see above), none
+        of the tenants in `exclude` (those the caller has enough of in flight)."""
 
     async def save(self, delivery: Delivery, owner: str) -> bool:
         """Write back a claimed delivery and drop the lease; False (nothing written) when

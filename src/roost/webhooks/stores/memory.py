@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 import msgspec
 
@@ -39,10 +40,11 @@ class MemoryWebhooks:
         if row is not None and row.state == "armed":
             row.next_at = min(row.next_at, at)
 
-    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int
-                    ) -> list[Delivery]:
+    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int,
+                    exclude: Sequence[str] = ()) -> list[Delivery]:
         clock = time.time()
         due = sorted((row for key, row in self._rows.items() if row.open
+                      and row.tenant not in exclude
                       and row.next_at <= clock and self._leases.get(key, ("", 0.0))[1] < clock),
                      key=lambda row: row.next_at)
         taken: list[Delivery] = []

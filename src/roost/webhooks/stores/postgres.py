@@ -5,7 +5,7 @@ the WHERE after a wait), so of two concurrent claimers one gets the row."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -34,7 +34,8 @@ class PostgresWebhooks:
         self._claim = (
             f"WITH ranked AS (SELECT tenant, run_id, next_at, row_number() OVER"
             f"  (PARTITION BY tenant ORDER BY next_at) AS n FROM {t}"
-            f"  WHERE {_OPEN} AND next_at <= {_CLOCK} AND lease_until < {_CLOCK}),"
+            f"  WHERE {_OPEN} AND next_at <= {_CLOCK} AND lease_until < {_CLOCK}"
+            "  AND tenant <> ALL($5::text[])),"
             " chosen AS (SELECT tenant, run_id FROM ranked WHERE n <= $4"
             "  ORDER BY next_at LIMIT $3)"
             f" UPDATE {t} d SET owner = $1, lease_until = {_CLOCK} + $2 FROM chosen"
@@ -92,10 +93,11 @@ class PostgresWebhooks:
         async with self._conn("webhooks.wake") as conn:
             await conn.execute(self._wake, tenant, run_id, at)
 
-    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int
-                    ) -> list[Delivery]:
+    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int,
+                    exclude: Sequence[str] = ()) -> list[Delivery]:
         async with self._conn("webhooks.claim") as conn:
-            rows = await conn.fetch(self._claim, owner, lease_s, limit, per_tenant)
+            rows = await conn.fetch(self._claim, owner, lease_s, limit, per_tenant,
+                                    list(exclude))
         return [msgspec.convert(row[0], Delivery) for row in rows]
 
     async def save(self, delivery: Delivery, owner: str) -> bool:

@@ -9,6 +9,7 @@ claim leases what it takes and the next claim sees the entries after them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -38,10 +39,11 @@ if cur and tonumber(cur) > tonumber(ARGV[2]) then
 end
 return 1
 """
-# KEYS: doc, due, lease; ARGV: owner, lease_s, limit, per_tenant, scan
+# KEYS: doc, due, lease; ARGV: owner, lease_s, limit, per_tenant, scan, excluded tenants…
 _CLAIM = _CLOCK + """
 local fields = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 local taken, per, out = 0, {}, {}
+for i = 6, #ARGV do per[ARGV[i]] = math.huge end
 for _, field in ipairs(fields) do
   if taken >= tonumber(ARGV[3]) then break end
   local lease = redis.call('HGET', KEYS[3], field)
@@ -123,10 +125,10 @@ class RedisWebhooks:
     async def wake(self, tenant: str, run_id: str, at: float) -> None:
         await self._eval(_WAKE, [self._state, self._due], _field(tenant, run_id), at)
 
-    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int
-                    ) -> list[Delivery]:
+    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int,
+                    exclude: Sequence[str] = ()) -> list[Delivery]:
         docs = await self._eval(_CLAIM, [self._doc, self._due, self._lease], owner, lease_s,
-                                limit, per_tenant, self.scan)
+                                limit, per_tenant, self.scan, *exclude)
         return [msgspec.json.decode(doc, type=Delivery) for doc in docs if doc]
 
     async def save(self, delivery: Delivery, owner: str) -> bool:

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
@@ -20,7 +21,8 @@ T = TypeVar("T")
 _CLAIM = (
     "SELECT tenant, run_id, doc FROM (SELECT tenant, run_id, doc, next_at, row_number()"
     " OVER (PARTITION BY tenant ORDER BY next_at) AS n FROM webhook_deliveries"
-    " WHERE state IN ('armed', 'pending') AND next_at <= ? AND lease_until < ?)"
+    " WHERE state IN ('armed', 'pending') AND next_at <= ? AND lease_until < ?"
+    "  AND tenant NOT IN (SELECT value FROM json_each(?)))"
     " WHERE n <= ? ORDER BY next_at LIMIT ?")
 
 
@@ -72,9 +74,10 @@ class SQLiteWebhooks(SQLiteTable):
                        " WHERE tenant = ? AND run_id = ? AND state = 'armed'",
                        (at, tenant, run_id))
 
-    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int
-                    ) -> list[Delivery]:
-        return await self._do(_claim, owner, lease_s, limit, per_tenant)
+    async def claim(self, owner: str, lease_s: float, limit: int, per_tenant: int,
+                    exclude: Sequence[str] = ()) -> list[Delivery]:
+        return await self._do(_claim, owner, lease_s, limit, per_tenant,
+                              json.dumps(list(exclude)))
 
     async def save(self, delivery: Delivery, owner: str) -> bool:
         return await self._do(_rowcount,
@@ -115,16 +118,16 @@ def _one(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Any:
 
 
 def _claim(conn: sqlite3.Connection, owner: str, lease_s: float, limit: int,
-           per_tenant: int) -> list[Delivery]:
+           per_tenant: int, exclude: str) -> list[Delivery]:
     # A read first: an idle outbox (the usual case) costs no write lock on the file the
     # session store writes to.
     clock = time.time()
-    if conn.execute(_CLAIM, (clock, clock, per_tenant, 1)).fetchone() is None:
+    if conn.execute(_CLAIM, (clock, clock, exclude, per_tenant, 1)).fetchone() is None:
         return []
     conn.execute("BEGIN IMMEDIATE")
     try:
         clock = time.time()
-        rows = conn.execute(_CLAIM, (clock, clock, per_tenant, limit)).fetchall()
+        rows = conn.execute(_CLAIM, (clock, clock, exclude, per_tenant, limit)).fetchall()
         conn.executemany("UPDATE webhook_deliveries SET owner = ?, lease_until = ?"
                          " WHERE tenant = ? AND run_id = ?",
                          [(owner, clock + lease_s, tenant, run_id) for tenant, run_id, _ in rows])
