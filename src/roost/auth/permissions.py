@@ -79,6 +79,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/runs/{run_id}/deliveries"): "sessions:read",
     ("GET", "/v1/admin/webhooks/secret"): "keys:admin",
     ("POST", "/v1/admin/webhooks/secret"): "keys:admin",
+    ("POST", "/v1/runs/{run_id}/approvals"): "sessions:write",
     ("GET", "/v1/artifacts/{artifact_id}"): "sessions:read",
     ("GET", "/v1/usage"): "usage:read",
     ("GET", "/v1/admin/stats"): "stats:tenant",

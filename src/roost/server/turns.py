@@ -36,7 +36,8 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     try:
         handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
                                            timeout_s=turn.timeout_s, priority=turn.priority,
-                                           idempotency_key=idempotency_key)
+                                           idempotency_key=idempotency_key,
+                                           budget=turn.budget())
     except Replay as replay:
         if events is not None and turn.webhook is not None:
             await runtime.webhooks.arm(tenant, replay.run_id, turn.webhook.url, events)
