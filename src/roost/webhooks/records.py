@@ -7,7 +7,7 @@ import msgspec
 # What a delivery may subscribe to: the run's end statuses as events, and `run.ended` or
 # `*` for all of them.
 END_EVENTS = ("run.completed", "run.failed", "run.cancelled", "run.timed_out",
-              "run.interrupted")
+              "run.interrupted", "run.budget_exceeded")
 EVENTS = (*END_EVENTS, "run.ended", "*")
 
 
