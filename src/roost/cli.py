@@ -22,6 +22,7 @@ from roost.auth.cli import keys_app
 from roost.background.cli import schedules_app
 from roost.config import Settings, load_settings
 from roost.errors import ConfigError, RoostError
+from roost.webhooks.cli import webhooks_app
 
 # Plain help (click's layout): no Python type names such as <list[str]> next to options, and
 # no rich panels hard-wrapped to 80 columns when the output is not a terminal. Typer shows an
@@ -40,6 +41,7 @@ app.add_typer(sessions_app, name="sessions")
 app.add_typer(config_app, name="config")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
+app.add_typer(webhooks_app, name="webhooks")
 
 # soft_wrap: a long line (an id, a URL) stays one line in a pipe or a narrow terminal.
 console = Console(soft_wrap=True)

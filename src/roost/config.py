@@ -36,6 +36,7 @@ from roost.background.config import BackgroundConfig
 from roost.errors import ConfigError
 from roost.observability.config import ObservabilityConfig
 from roost.server.transport import TransportConfig
+from roost.webhooks.config import WebhooksConfig
 
 
 class _Section(BaseModel):
@@ -189,6 +190,7 @@ class Settings(BaseSettings):
     admission: AdmissionConfig = Field(default_factory=lambda: AdmissionConfig())
     runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig())
     background: BackgroundConfig = Field(default_factory=lambda: BackgroundConfig())
+    webhooks: WebhooksConfig = Field(default_factory=lambda: WebhooksConfig())
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)

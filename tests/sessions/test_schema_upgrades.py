@@ -26,9 +26,10 @@ from roost.sessions.usage import UsageTotals
 from tests.conftest import POSTGRES_URL, require_service
 
 # Migrations after the session store's: roost.auth's tables (API keys, the audit trail, key
-# budgets), roost.background's, the approvals' index of waiting runs, child runs' parent.
+# budgets), roost.background's, the approvals' index of waiting runs, webhooks, child runs'
+# parent.
 LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0006_key_budgets", "0007_background",
-                    "0008_waiting_runs", "0010_run_parent"]
+                    "0008_waiting_runs", "0009_webhooks", "0010_run_parent"]
 T = "acme"
 CREATED = 1_700_000_000.0
 OLD_USAGE = '{"input_tokens":12,"output_tokens":3,"cost":0.5}'

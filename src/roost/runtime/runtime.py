@@ -75,6 +75,7 @@ from roost.sessions.records import (
 )
 from roost.sessions.store import Store
 from roost.sessions.usage import UsageTotals
+from roost.webhooks.dispatch import Webhooks
 
 __all__ = ["AgentUnavailable", "HostedAgent", "RunHandle", "Runtime", "new_id"]
 
@@ -124,6 +125,7 @@ class Runtime:
         # Background, delayed and scheduled runs: the durable queue beside the store.
         self.background = BackgroundRuns(self, self.settings.background)
         self.scheduler = Scheduler(self, self.settings.background)
+        self.webhooks = Webhooks(self, self.settings.webhooks)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._store_down_until = 0.0
         for agent in agents:
@@ -171,6 +173,8 @@ class Runtime:
         if self.settings.background.scheduler:
             self.spawn(self.scheduler.listen_forever(), name="roost-scheduler-changes")
             self.spawn(self.scheduler.fire_forever(), name="roost-scheduler")
+        if self.settings.webhooks.worker:
+            self.spawn(self.webhooks.deliver_forever(), name="roost-webhooks")
 
     async def drain(self, grace_s: float | None = None) -> None:
         """Refuse new turns, give in-flight runs `grace_s`, then interrupt what is left at its
@@ -198,6 +202,7 @@ class Runtime:
         await self.models.aclose()
         await self.bus.close()
         await self.background.close()
+        await self.webhooks.close()
         await self.artifacts.close()
         await self.store.close()
 
@@ -360,6 +365,7 @@ class Runtime:
         self.runs.pop(run.id, None)
         self.sessions.unpin(live)
         handle.finish()
+        self.webhooks.run_ended(run.tenant, run.id)
         for listener in self.run_end_listeners:
             try:
                 listener(run)
@@ -520,6 +526,7 @@ class Runtime:
             "cache": self.cache.statistics(),
             "tools": self.agents.tool_policies.statistics(),
             "background": {**self.background.statistics(), **self.scheduler.statistics()},
+            "webhooks": self.webhooks.statistics(),
         }
 
 

@@ -47,6 +47,7 @@ from roost.server.routes import (
     schedules,
     sessions,
     usage,
+    webhooks,
 )
 from roost.server.schemas import Problem
 from roost.server.transport import harden
@@ -145,7 +146,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     app.state.auth = auth
     problems.install(app)
     for module in (health, agents, sessions, runs, schedules, artifacts, admin, auth_routes,
-                   usage):
+                   usage, webhooks):
         app.include_router(module.router, responses=PROBLEM_RESPONSES)
     app.include_router(docs.router)
     _problems_only_as_problem_json(app)

@@ -25,6 +25,7 @@ def assemble(settings: Settings, agents: Iterable[Agent], *,
     runtime = Runtime(settings, agents, store=store, hooks=observability.hooks)
     observability.register_stats("runtime", lambda: runtime_gauges(runtime))
     observability.register_stats("background", lambda: background_gauges(runtime))
+    observability.register_stats("webhooks", lambda: webhook_gauges(runtime))
     policy_state = runtime.models.policy_state
     if policy_state is not None:
         observability.register_stats("models", lambda: model_gauges(policy_state))
@@ -58,6 +59,14 @@ def background_gauges(runtime: Runtime) -> Mapping[str, Any]:
             "background_requeued_total": runs.requeued,
             "schedule_ticks_fired_total": ticks.fired,
             "schedule_ticks_lost_total": ticks.lost}
+
+
+def webhook_gauges(runtime: Runtime) -> Mapping[str, Any]:
+    """Webhook deliveries attempted by this instance (roost_webhook_*)."""
+    s = runtime.webhooks.stats
+    return {"webhook_attempts_total": s.attempts, "webhook_delivered_total": s.delivered,
+            "webhook_retries_total": s.retries, "webhook_failed_total": s.failed,
+            "webhook_deliveries_in_flight": s.in_flight}
 
 
 def model_gauges(policy_state: Any) -> Mapping[str, Any]:

@@ -25,6 +25,17 @@ class SessionPatch(_Body):
     state: dict[str, Any]
 
 
+class WebhookIn(_Body):
+    """Where to deliver the run's end (see docs/webhooks.md): a signed POST, retried."""
+
+    url: str = Field(..., min_length=1, max_length=2048,
+                     description="http(s) URL of the receiver")
+    events: list[str] | None = Field(
+        None, min_length=1, max_length=16,
+        description="which ends to deliver: run.completed, run.failed, run.cancelled, "
+                    "run.timed_out, run.interrupted, or run.ended / * for all (the default)")
+
+
 class TurnCreate(_Body):
     input: str = Field(..., min_length=1, description="the user's message")
     stream: bool = False
@@ -36,6 +47,7 @@ class TurnCreate(_Body):
                              "(also `Prefer: respond-async`); see GET /v1/runs/{id}")
     run_at: AwareDatetime | None = Field(None, description="RFC 3339 time to start the run "
                                          "(implies background; in the past means now)")
+    webhook: WebhookIn | None = Field(None, description="deliver the run's end to this URL")
     # Per-run budgets (capped by the agent's limits); past one the run ends budget_exceeded.
     max_cost: float | None = Field(None, ge=0, description="the most the run may cost")
     max_tokens: int | None = Field(None, ge=0, description="model tokens (in + out) of the run")

@@ -26,9 +26,12 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     """Run one turn: JSON when it ends, or SSE with `"stream": true` or
     `Accept: text/event-stream`. With an `Idempotency-Key` seen before, the earlier run's
     outcome or stream instead. `"background": true`, `run_at` or `Prefer: respond-async`:
-    queue it and answer 202 with the run. Raises RoostError (→ problem+json)."""
+    queue it and answer 202 with the run. A `webhook` is checked before anything runs and
+    armed before the answer. Raises RoostError (→ problem+json)."""
+    events = None if turn.webhook is None else runtime.webhooks.check(turn.webhook.url,
+                                                                      turn.webhook.events)
     if turn.background or turn.run_at is not None or respond_async:
-        return await _queued(runtime, tenant, session_id, turn, idempotency_key)
+        return await _queued(runtime, tenant, session_id, turn, idempotency_key, events)
     stream = turn.stream or wants_stream
     try:
         handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
@@ -36,7 +39,11 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
                                            idempotency_key=idempotency_key,
                                            budget=turn.budget())
     except Replay as replay:
+        if events is not None and turn.webhook is not None:
+            await runtime.webhooks.arm(tenant, replay.run_id, turn.webhook.url, events)
         return await _replay(runtime, tenant, replay.run_id, stream, receive)
+    if events is not None and turn.webhook is not None:
+        await runtime.webhooks.arm(tenant, handle.run.id, turn.webhook.url, events)
     if stream:
         return _event_stream(runtime, handle)
     # A client that sent an Idempotency-Key will come back for the answer: leaving does
@@ -57,7 +64,7 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
 
 
 async def _queued(runtime: Runtime, tenant: str, session_id: str, turn: TurnCreate,
-                  idempotency_key: str | None) -> Response:
+                  idempotency_key: str | None, events: list[str] | None) -> Response:
     """A background or delayed turn: 202 with its queued run (or, for a repeated
     Idempotency-Key, the run the first submission queued, as it stands)."""
     run_at = turn.run_at.timestamp() if turn.run_at is not None else None
@@ -70,6 +77,10 @@ async def _queued(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
         except RunNotFound:
             raise Conflict("the earlier request with this Idempotency-Key has not queued its "
                            "run yet; retry shortly", retry_after=1) from None
+    if events is not None and turn.webhook is not None:
+        # Armed before the 202: a crash before this line leaves the client without an
+        # answer, so it retries (with its Idempotency-Key) and arms then.
+        await runtime.webhooks.arm(tenant, run.id, turn.webhook.url, events)
     return json_response(run, status=202, headers=run_headers(run))
 
 

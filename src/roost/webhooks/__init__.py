@@ -1,0 +1,1 @@
+"""Signed webhook deliveries when a run ends (see docs/webhooks.md)."""
