@@ -125,8 +125,10 @@ async def fleet(backend: str, tmp_path: Path, instances: int
     await keys.open()
     capped, capped_token = new_key("acme", "user", "capped", budget={"day_tokens": 10})
     free, free_token = new_key("acme", "user", "free")
+    ops, ops_token = new_key("acme", "operator", "ops", budget={"day_cost": 5})
     await keys.add(capped)
     await keys.add(free)
+    await keys.add(ops)
     await keys.close()
     try:
         async with AsyncExitStack() as stack:
@@ -138,7 +140,7 @@ async def fleet(backend: str, tmp_path: Path, instances: int
                                                           auth=Auth.from_settings(settings)))
                 await stack.enter_async_context(live)
                 urls.append(live.url)
-            yield urls, {"capped": capped_token, "free": free_token}
+            yield urls, {"capped": capped_token, "free": free_token, "ops": ops_token}
     finally:
         await drop(backend, store)
 
@@ -180,6 +182,11 @@ async def test_a_spent_key_is_refused_on_every_instance(backend: str, tmp_path: 
             assert chat.status_code == 429
             ok = await last.post(f"/v1/sessions/{sid}/turns", json={"input": "x"}, headers=free)
             assert ok.status_code == 200, ok.text
+            # /v1/usage shows the calling key's own budget beside its tenant's.
+            ops = {"Authorization": f"Bearer {tokens['ops']}"}
+            usage = (await last.get("/v1/usage", headers=ops)).json()
+            assert usage["key_budget"]["limits"] == {"day_cost": 5}
+            assert usage["key_budget"]["day"] is not None
 
 
 async def test_admin_route_and_cli_set_a_budget(tmp_path: Path) -> None:

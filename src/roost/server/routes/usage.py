@@ -28,6 +28,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from roost.auth.principal import PRINCIPAL
 from roost.errors import InvalidInput
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
@@ -62,6 +63,8 @@ class UsageReport(BaseModel):
     since: float | None
     until: float | None
     budget: dict[str, Any] | None = None  # with [auth.budgets]: limits, day and month spend
+    # The calling API key's own budget (roost.auth.keybudgets), when it has one.
+    key_budget: dict[str, Any] | None = None
 
 
 @router.get("/v1/usage", response_model=UsageReport)
@@ -98,6 +101,14 @@ async def usage(
     budgets = getattr(request.app.state, "budgets", None)
     if budgets is not None:  # the tenant's budget and spend (see roost.auth.budgets)
         body["budget"] = budgets.statistics(tenant)
+    principal = request.scope.get(PRINCIPAL)
+    key_budgets = getattr(getattr(request.app.state, "auth", None), "key_budgets", None)
+    if (principal is not None and principal.key_id is not None
+            and principal.budget is not None and key_budgets is not None):
+        await key_budgets.check(principal.key_id, principal.budget)  # reads its spend
+        body["key_budget"] = {"key_id": principal.key_id,
+                              "limits": principal.budget.model_dump(exclude_none=True),
+                              **key_budgets.statistics(principal.key_id)}
     return json_response(body)
 
 
