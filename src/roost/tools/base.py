@@ -24,6 +24,8 @@ class ToolContext:
     deadline: float | None = None
     # The session state at the start of the run (read-only by convention).
     state: dict[str, Any] = field(default_factory=dict)
+    # Size of the agent's thread pool for sync tools (`Limits.tool_threads`).
+    tool_threads: int = 4
 
     @property
     def idempotency_key(self) -> str:
