@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from roost.engine.approval import ApprovalPolicy
 from roost.engine.compaction import CompactionPolicy
+from roost.engine.run_budget import RunBudget
 from roost.models.base import Model
 from roost.tools.base import Tool, Toolset
 from roost.tools.function import FunctionTool
@@ -39,6 +41,12 @@ class Limits:
     tool_timeout_s: float = 30.0  # default per-call timeout (a tool may set its own)
     tool_threads: int = 4  # this agent's own thread pool for sync tools (tools/threads.py)
     max_input_chars: int = 100_000
+    # Per-run budgets (None: unlimited): the default of a turn that asks none, and the cap of
+    # one that asks more. A run over one stops with status `budget_exceeded`.
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    max_tool_calls: int | None = None
+    max_duration_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "max_tool_concurrency", "max_input_chars", "tool_threads"):
@@ -47,6 +55,12 @@ class Limits:
         for name in ("run_timeout_s", "tool_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"limits.{name} must be > 0")
+        self.run_budget()  # validates the budget fields
+
+    def run_budget(self) -> RunBudget | None:
+        return RunBudget(max_cost=self.max_cost, max_tokens=self.max_tokens,
+                         max_tool_calls=self.max_tool_calls,
+                         max_duration_s=self.max_duration_s) or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +82,10 @@ class Policies:
     # Summarise older history with a model when it grows past a threshold (None: off).
     # Config: `[agents.NAME.policies.compaction] trigger_tokens = …` or `compaction = true`.
     compaction: CompactionPolicy | None = None
+    # Which tool calls wait for a person, for how long, and what a timeout decides (None:
+    # only tools declared `requires_approval`, and `ask_user`, wait; with the defaults).
+    # Config: `[agents.NAME.policies.approval]` (see `ApprovalPolicy.from_config`).
+    approval: ApprovalPolicy | None = None
     # Tool results larger than this are stored as artifacts; the model sees a preview.
     max_tool_result_bytes: int = 64 * 1024
     tool_result_preview_chars: int = 2000
@@ -75,6 +93,7 @@ class Policies:
     def __post_init__(self) -> None:
         # Config overrides arrive as plain tables.
         object.__setattr__(self, "compaction", CompactionPolicy.from_config(self.compaction))
+        object.__setattr__(self, "approval", ApprovalPolicy.from_config(self.approval))
         for name in ("max_pending_turns", "history_messages", "history_token_budget",
                      "max_tool_result_bytes", "tool_result_preview_chars"):
             if getattr(self, name) < (0 if name == "max_pending_turns" else 1):
@@ -111,6 +130,14 @@ class Agent:
     @property
     def model_ref(self) -> str:
         return self.model if isinstance(self.model, str) else self.model.name
+
+    def as_tool(self, *, name: str | None = None, description: str | None = None,
+                timeout_s: float | None = None) -> Tool:
+        """This agent as a tool of another agent: each call is a child run of it
+        (`roost.tools.agent_tool.AgentTool`). The runtime must host this agent too."""
+        from roost.tools.agent_tool import AgentTool
+
+        return AgentTool(self, name=name, description=description, timeout_s=timeout_s)
 
     def function_tools(self) -> list[Tool]:
         return [t for t in self.tools if not isinstance(t, Toolset)]

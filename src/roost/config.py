@@ -168,6 +168,10 @@ class AgentOverride(_Section):
     limits: dict[str, Any] = Field(default_factory=dict)
     policies: dict[str, Any] = Field(default_factory=dict)
     mcp_servers: list[str] = Field(default_factory=list)  # names of [mcp_servers.NAME]
+    builtin_tools: list[Literal["ask_user"]] = Field(
+        default_factory=list, description="built-in tools to add: ask_user")
+    # Other hosted agents this one may call as tools (roost.tools.agent_tool: child runs).
+    agent_tools: list[str] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):
@@ -187,8 +191,12 @@ class Settings(BaseSettings):
     models: dict[str, ModelAliasConfig] = Field(default_factory=dict)
     agents: dict[str, AgentOverride] = Field(default_factory=dict)
     # MCP servers agents can use (`mcp_servers = [...]` per agent): command/args/env/cwd or
-    # url/headers, and prefix, timeout_s (see roost.tools.mcp.MCPToolset).
+    # url/headers, and prefix, timeout_s, max_artifact_bytes, inline_text_bytes (see
+    # roost.tools.mcp.MCPToolset).
     mcp_servers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Per-tool concurrency and rate limits, per-tenant allow/deny lists of tools
+    # (roost.tools.policy): [tool_policies.limits.NAME], [tool_policies.tenants.TENANT].
+    tool_policies: dict[str, Any] = Field(default_factory=dict)
     # Python files or modules to load agents from (CLI arguments add to these).
     load: list[str] = Field(default_factory=list)
     observability: ObservabilityConfig = Field(default_factory=lambda: ObservabilityConfig())

@@ -25,9 +25,12 @@
     │   ├── ModelError               provider failed (status, retryable)
     │   ├── ToolError                a tool raised or timed out (returned to the model)
     │   ├── MaxStepsExceeded
+    │   ├── BudgetExceeded           a per-run budget (cost, tokens, tool calls, duration)
     │   ├── RunTimeout
     │   └── RunCancelled
-    └── (none of these is a control-flow signal; approvals arrive in a later issue)
+    └── RunWaiting                   control flow, not an error: the run waits for a person
+                                     (an approval, an `ask_user` answer); never escapes
+                                     the engine
 
 A dependency's exception never leaks out of Roost's API: providers and stores translate
 what they catch into this tree. HTTP maps it to problem+json in one place
@@ -206,6 +209,23 @@ class ToolError(RunFailure):
 
 class MaxStepsExceeded(RunFailure):
     type = "max_steps_exceeded"
+
+
+class BudgetExceeded(RunFailure):
+    """A per-run budget ran out: the run ends with status `budget_exceeded`."""
+
+    type = "budget_exceeded"
+
+
+class RunWaiting(RoostError):
+    """The run must wait for a person before the calls in `pending` (dicts naming each
+    call, its tool, arguments and kind). Control flow inside the engine only."""
+
+    type = "waiting"
+
+    def __init__(self, pending: list[dict[str, Any]]) -> None:
+        super().__init__(f"waiting for a person on {len(pending)} tool call(s)")
+        self.pending = pending
 
 
 class RunTimeout(RunFailure):

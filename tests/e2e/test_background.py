@@ -28,9 +28,11 @@ def test_background_runs_survive_sigkill_of_their_instance(
     """Runs claimed from the queue by `a`, inside their tool when `a` is killed, complete
     on `b`; a delayed run queued through `a` runs on `b` when due."""
     marker = tmp_path / "calls.txt"
-    env = {"SLOW_TOOL_S": "1.5", "SLOW_TOOL_MARKER": str(marker)}
+    # On `a` the tool outlasts the test, so the runs are surely mid-tool when `a` dies
+    # (a short tool raced `b`'s start-up and sometimes finished on `a`); on `b` it is quick.
     config = store_config(kind) + FAST
-    a = start_server(tmp_path, config, env=env, name="a")
+    a = start_server(tmp_path, config, env={"SLOW_TOOL_S": "60", "SLOW_TOOL_MARKER": str(marker)},
+                     name="a")
     servers.append(a)
     sessions = [httpx.post(f"{a.url}/v1/agents/researcher/sessions", json={}).json()["id"]
                 for _ in range(3)]
@@ -42,10 +44,10 @@ def test_background_runs_survive_sigkill_of_their_instance(
         runs.append(response.json()["id"])
     wait_for(lambda: marker.exists() and len(marker.read_text().splitlines()) >= 3,
              what="every background run inside its tool on a")
-    at = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()
+    at = (datetime.now(UTC) + timedelta(seconds=8)).isoformat()  # due after `a` is gone
     delayed = httpx.post(f"{a.url}/v1/sessions/{sessions[0]}/turns",
                          json={"input": "research Later", "run_at": at}).json()["id"]
-    b = start_server(tmp_path, config, env=env, name="b")
+    b = start_server(tmp_path, config, env={"SLOW_TOOL_S": "0.2"}, name="b")
     servers.append(b)
     kill9(a)
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import pytest
 
@@ -98,12 +99,17 @@ async def test_watch_loop_reports_busy_and_lag() -> None:
     samples: list[tuple[float, float]] = []
     watcher = asyncio.create_task(watch_loop(0.02, lambda b, lag: samples.append((b, lag))))
     await asyncio.sleep(0.05)
-    spin_until = asyncio.get_running_loop().time() + 0.1
-    while asyncio.get_running_loop().time() < spin_until:  # the loop is blocked: lag, busy
+    # The loop is blocked for 0.1 s of this thread's CPU (not of wall time: on a loaded
+    # machine the spinning thread shares its core, and wall time says little of its work).
+    spin_until = time.thread_time() + 0.1
+    while time.thread_time() < spin_until:
         pass
     await asyncio.sleep(0.05)
     watcher.cancel()
     busiest = max(samples, key=lambda s: s[1])
-    assert busiest[1] >= 0.05  # the timer fired ~80 ms late
-    assert busiest[0] > 0.5  # and the thread was on the CPU for it
-    assert min(b for b, _ in samples) < 0.5  # the idle samples say idle
+    idle = min(b for b, _ in samples)
+    assert busiest[1] >= 0.05  # the timer fired late
+    # The thread was on the CPU for it: most of the time on an idle machine, and still far
+    # more than in the idle samples (which say idle) on a loaded one.
+    assert busiest[0] > 0.2 and busiest[0] > 4 * idle
+    assert idle < 0.5

@@ -874,6 +874,21 @@ async def test_renew_ownership_extends_only_that_owners_live_work(store: Store) 
     assert not await store.acquire_lease(T, renewed_session.id, "i-2", 30.0)
 
 
+async def test_claimable_runs_include_expired_waits_claimed_once(store: Store) -> None:
+    """A run waiting for a person has no owner; its lease is the wait's deadline. Past it,
+    the fleet's scan finds the run, and one claim (from status waiting) takes it."""
+    clock = time.time()
+    expired = await make_run(store, "tenant-b", status="waiting", lease_expires_at=clock - 15)
+    await make_run(store, "tenant-a", status="waiting", lease_expires_at=clock + 60)
+    assert [(r.tenant, r.id) for r in await store.claimable_runs()] == [("tenant-b", expired.id)]
+    assert await store.claim_run("tenant-b", expired.id, "i-1", 30.0) is None  # not by default
+    claimed = await store.claim_run("tenant-b", expired.id, "i-1", 30.0, statuses=("waiting",))
+    assert claimed is not None and (claimed.status, claimed.owner) == ("running", "i-1")
+    assert await store.claim_run("tenant-b", expired.id, "i-2", 30.0,
+                                 statuses=("waiting",)) is None
+    assert await store.claimable_runs() == []
+
+
 async def test_claimable_runs_are_the_expired_ones_of_every_tenant(store: Store) -> None:
     clock = time.time()
     older = await make_run(store, "tenant-a", status="running", owner="dead",
@@ -992,3 +1007,19 @@ async def test_agent_states_survive_a_restart(store: Store) -> None:
         assert await other.agent_states() == expected
     finally:
         await other.close()
+
+
+async def test_a_child_runs_parent_round_trips(store: Store) -> None:
+    session = await make_session(store)
+    child = RunRecord(id=new_id("r"), session_id=session.id, agent="helper",
+                      parent_run_id="run_parent")
+    await store.put_run(child)
+    assert (await store.get_run(T, child.id)).parent_run_id == "run_parent"
+    v = await store.append(T, session.id, [Event(type="run.started", run_id=child.id)], 0,
+                           run=child)
+    child.status = "completed"
+    await store.append(T, session.id, [Event(type="run.completed", run_id=child.id)], v,
+                       run=child)
+    assert await store.get_run(T, child.id) == child
+    [listed] = await store.list_runs(T, session_id=session.id)
+    assert listed.parent_run_id == "run_parent"

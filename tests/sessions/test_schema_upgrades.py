@@ -25,8 +25,10 @@ from roost.sessions.sqlite import SQLiteStore
 from roost.sessions.usage import UsageTotals
 from tests.conftest import POSTGRES_URL, require_service
 
-# Migrations after the session store's: roost.auth's tables (API keys, the audit trail), roost.background's.
-LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background"]
+# Migrations after the session store's: roost.auth's tables (API keys, the audit trail),
+# roost.background's, the approvals' index of waiting runs, child runs' parent.
+LATER_MIGRATIONS = ["0004_api_keys", "0005_audit_log", "0007_background", "0008_waiting_runs",
+                    "0010_run_parent"]
 T = "acme"
 CREATED = 1_700_000_000.0
 OLD_USAGE = '{"input_tokens":12,"output_tokens":3,"cost":0.5}'
@@ -85,8 +87,9 @@ async def test_sqlite_upgrades_a_version_1_database(tmp_path: Path) -> None:
         versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
         columns = {row[1]: row for row in conn.execute("PRAGMA table_info(runs)")}
     conn.close()
-    assert versions == [(1,), (2,), (3,)]
+    assert versions == [(1,), (2,), (3,), (4,), (5,)]
     assert columns["model"][2:5] == ("TEXT", 1, "''")  # type, NOT NULL, default
+    assert columns["parent_run_id"][2:5] == ("TEXT", 0, None)
     assert columns["owner"][2:5] == ("TEXT", 0, None)
     assert columns["lease_expires_at"][2:5] == ("REAL", 0, None)
 
@@ -112,7 +115,7 @@ async def test_sqlite_version_3_owns_runs_and_answers_the_fleet_from_indexes(
         plans = {
             name: " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
             for name, sql, args in (
-                ("claimable", sqlite_module._CLAIMABLE_RUNS, (0.0, 10, True, 0.0, 10, 10)),
+                ("claimable", sqlite_module._CLAIMABLE_RUNS, (0.0, 10, 0.0, 10, True, 0.0, 10, 10)),
                 ("run events", "SELECT seq FROM events WHERE tenant = ? AND session_id = ?"
                  " AND run_id = ? AND seq > ? ORDER BY seq LIMIT ?", (T, "s1", "r", 0, 10)),
                 ("renew", "UPDATE runs SET lease_expires_at = 1 WHERE owner = ?"
@@ -121,6 +124,7 @@ async def test_sqlite_version_3_owns_runs_and_answers_the_fleet_from_indexes(
         }
     conn.close()
     assert "runs_by_lease" in plans["claimable"] and "runs_interrupted" in plans["claimable"]
+    assert "runs_waiting" in plans["claimable"], plans
     assert "events_by_run" in plans["run events"], plans
     assert "runs_by_owner" in plans["renew"], plans
 

@@ -4,16 +4,19 @@ a streamable-HTTP server built here with the SDK, and a stdio server that crashe
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import shutil
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import mcp_types
 import orjson
 import pytest
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 from roost import Agent, Runtime, Settings
@@ -23,6 +26,9 @@ from roost.tools.base import ToolContext
 from roost.tools.mcp import Backoff, MCPToolset
 
 pytestmark = pytest.mark.timeout(60)
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+REPORT = "# Report\n" + "All quiet on every front. " * 2000
 
 TIME_SERVER = shutil.which("mcp-server-time") or str(Path(sys.executable).parent / "mcp-server-time")
 STDIO_SERVER = Path(__file__).parent / "mcp_stdio_server.py"
@@ -104,6 +110,26 @@ class HTTPServer:
             return "unreachable"
 
         @server.tool()
+        def chart() -> list[mcp_types.TextContent | mcp_types.ImageContent]:
+            """A chart (an image) and its caption."""
+            return [mcp_types.TextContent(text="Sales by month:"),
+                    Image(data=PNG, format="png").to_image_content()]
+
+        @server.tool()
+        def poster() -> Image:
+            """An image over the toolset's artifact limit."""
+            return Image(data=PNG * 40, format="png")
+
+        @server.tool()
+        def report() -> list[mcp_types.EmbeddedResource]:
+            """A long text resource and a binary one."""
+            return [mcp_types.EmbeddedResource(resource=mcp_types.TextResourceContents(
+                        uri="file:///report.md", mime_type="text/markdown", text=REPORT)),
+                    mcp_types.EmbeddedResource(resource=mcp_types.BlobResourceContents(
+                        uri="file:///data.bin", blob=base64.b64encode(b"\x00\x01" * 64)
+                        .decode()))]
+
+        @server.tool()
         def fail() -> str:
             """Always fails."""
             raise ToolError("this tool fails")
@@ -156,6 +182,46 @@ async def test_http_results_errors_and_timeout(http_toolset: MCPToolset) -> None
     assert results["add"] == "5"
     assert "this tool fails" in results["fail"]
     assert "timed out" in results["wait_forever"]
+
+
+async def test_images_and_large_content_become_artifacts(http_server: HTTPServer) -> None:
+    """An image from a real MCP server (the SDK's `Image`) is stored as an artifact of the
+    call: the model reads a reference, the tool.result event lists it, and its bytes read
+    back whole; an image over `max_artifact_bytes` is named, not kept; a long text resource
+    is a preview and an artifact; a binary resource an artifact."""
+    toolset = MCPToolset.http(http_server.url, name="charts", max_artifact_bytes=64 * 1024,
+                              inline_text_bytes=4096)
+    model = ScriptedModel([[call("chart"), call("poster"), call("report")], "done"])
+    runtime = Runtime(Settings(store={"url": "memory://"}),
+                      [Agent(name="charts", model=model, tools=[toolset])])
+    await runtime.start()
+    try:
+        results = {r["name"]: r for r in tool_results(await run_turn(runtime, "charts"))}
+        chart, poster, report = results["chart"], results["poster"], results["report"]
+        digest = hashlib.sha256(PNG).hexdigest()
+        assert chart["content"] == (f"Sales by month:\n[image: image/png, {len(PNG)} bytes, "
+                                    f"artifact {digest}]")
+        assert chart["artifacts"] == [{"id": digest, "size": len(PNG), "sha256": digest,
+                                       "media_type": "image/png"}]
+        assert await runtime.artifacts.get("default", digest) == PNG
+        # What the model read in its next step is the reference, never base64.
+        tool_messages = [m.content for m in model.requests[1].messages if m.role == "tool"]
+        assert any(f"artifact {digest}" in (c or "") for c in tool_messages)
+        assert not any(base64.b64encode(PNG[:64]).decode()[:40] in (c or "")
+                       for c in tool_messages)
+        assert "not kept: over the" in str(poster["content"]) and "artifacts" not in poster
+        # The long text resource: a preview, then the reference; the blob: a reference.
+        text_ref, blob_ref = report["artifacts"]  # type: ignore[misc]
+        assert text_ref["media_type"] == "text/markdown"
+        assert await runtime.artifacts.get("default", text_ref["id"]) == REPORT.encode()
+        assert str(report["content"]).startswith("# Report\nAll quiet")
+        assert f"[resource file:///report.md: text/markdown, {len(REPORT)} bytes, artifact " \
+            f"{text_ref['id']}]" in str(report["content"])
+        assert await runtime.artifacts.get("default", blob_ref["id"]) == b"\x00\x01" * 64
+        assert len(str(report["content"])) < 2600
+    finally:
+        await runtime.close()
+        await toolset.close()
 
 
 async def test_cancelling_a_run_cancels_the_mcp_call(http_server: HTTPServer,

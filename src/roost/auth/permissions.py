@@ -76,6 +76,7 @@ ROUTES: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/runs/{run_id}/events"): "sessions:read",
     ("POST", "/v1/runs/{run_id}/cancel"): "sessions:write",
     ("POST", "/v1/runs/{run_id}/resume"): "sessions:write",
+    ("POST", "/v1/runs/{run_id}/approvals"): "sessions:write",
     ("GET", "/v1/artifacts/{artifact_id}"): "sessions:read",
     ("GET", "/v1/usage"): "usage:read",
     ("GET", "/v1/admin/stats"): "stats:tenant",

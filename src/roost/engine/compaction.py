@@ -208,6 +208,38 @@ def _tail_start(body: Sequence[Message], policy: CompactionPolicy, counter: Toke
     return start
 
 
+def _step_tail_start(body: Sequence[Message], policy: CompactionPolicy,
+                     counter: TokenCounter) -> int:
+    """Within one long run (a single turn), the verbatim tail starts at a *step*: the oldest
+    assistant message such that the steps from it on fit `keep_tokens` and `keep_messages`
+    (never splitting a tool call from its results); at least the newest step is kept."""
+    start = len(body)
+    used = 0
+    for index in range(len(body) - 1, -1, -1):
+        used += message_tokens(body[index], counter)
+        fits = ((policy.keep_tokens is None or used <= policy.keep_tokens)
+                and (policy.keep_messages is None or len(body) - index <= policy.keep_messages))
+        if body[index].role == "assistant":
+            if fits or start == len(body):
+                start = index
+                continue
+            break
+        if not fits and start != len(body):
+            break
+    return start if start < len(body) else 0
+
+
+def step_tail_start(messages: Sequence[Message],
+                    policy: CompactionPolicy) -> tuple[int, Message | None]:
+    """Where `compact(..., within_run=True)` would start the verbatim tail of `messages`:
+    (index, that message), or (0, None) when nothing would be summarised."""
+    _, _, body_start = _split(messages)
+    cut = _step_tail_start(messages[body_start:], policy, HEURISTIC)
+    if cut == 0:
+        return 0, None
+    return body_start + cut, messages[body_start + cut]
+
+
 def _render(message: Message) -> str:
     lines: list[str] = []
     if message.role == "tool":
@@ -242,6 +274,7 @@ async def compact(
     seqs: Sequence[int] | None = None,
     counter: TokenCounter = HEURISTIC,
     metadata: Mapping[str, str] | None = None,
+    within_run: bool = False,
 ) -> Compaction | None:
     """Summarise the older part of `messages` with one call to `model`.
 
@@ -250,7 +283,8 @@ async def compact(
     Returns None when the policy is off, the history is within `trigger_tokens`, or nothing
     lies before the verbatim tail. `deadline` is on the event loop clock (None: no limit);
     `seqs`, parallel to `messages`, give each message's event seq (any value for synthetic
-    messages) so the result can carry `up_to_seq`.
+    messages) so the result can carry `up_to_seq`. `within_run`: the history is one run
+    growing step by step, and the verbatim tail starts at a step rather than a turn.
 
     Raises `ModelError` when the summariser fails, times out or answers nothing; `messages`
     are never modified.
@@ -261,7 +295,7 @@ async def compact(
         return None
     _, previous, body_start = _split(messages)
     body = messages[body_start:]
-    cut = _tail_start(body, policy, counter)
+    cut = (_step_tail_start if within_run else _tail_start)(body, policy, counter)
     if cut == 0:
         return None  # everything is verbatim tail: a summary would replace nothing
     max_words = max(1, policy.summary_max_tokens * 3 // 4)
@@ -394,5 +428,18 @@ def resume_context(events: Sequence[Event], run_id: str) -> list[Message]:
     """The conversation a resumed run continues: earlier runs repaired (their dangling calls
     closed), the resumed run's own open calls left open — exactly what the resume executes."""
     first = next((i for i, e in enumerate(events) if e.run_id == run_id), len(events))
+    own = events[first:]
+    # A long run compacted within itself: its newest summary stands for everything before
+    # the point it summarised, earlier runs included.
+    marker = next((e for e in reversed(own) if e.type == "compaction"), None)
+    up_to = marker.data.get("up_to_seq") if marker is not None else None
+    if marker is not None and isinstance(up_to, int):
+        kept = [m for e in own if e.seq > up_to and e.type != "compaction"
+                and (m := event_to_message(e)) is not None]
+        # The run's request stays after the summary (as the engine keeps it).
+        request = next((m for e in own if e.type == "message" and e.data.get("role") == "user"
+                        and (m := event_to_message(e)) is not None), None)
+        return [summary_message(str(marker.data.get("summary", ""))),
+                *([request] if request is not None else []), *kept]
     before = close_dangling_calls(context_from_events(events[:first]))
-    return before + [m for m in map(event_to_message, events[first:]) if m is not None]
+    return before + [m for m in map(event_to_message, own) if m is not None]

@@ -17,14 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from roost.agent import Agent
+from roost.engine.approval import ApprovalGate
 from roost.engine.budget import fit_to_budget
+from roost.engine.compaction import (
+    CompactionPolicy,
+    apply_compaction,
+    compact,
+    compaction_event,
+    is_summary,
+    needs_compaction,
+    step_tail_start,
+)
 from roost.engine.context import message_event_data, pending_tool_calls
 from roost.engine.hooks import NO_HOOKS, EngineHooks
+from roost.engine.run_budget import RunBudget
 from roost.errors import (
+    BudgetExceeded,
     MaxStepsExceeded,
     ModelError,
     RoostError,
     RunFailure,
+    RunWaiting,
     SessionMoved,
     SessionNotFound,
 )
@@ -38,7 +51,7 @@ from roost.models.base import (
     ToolSpec,
 )
 from roost.sessions.artifacts import ArtifactStore, offload_if_large
-from roost.sessions.records import Event, RunRecord
+from roost.sessions.records import Event, RunRecord, now
 from roost.tools.base import Tool, ToolArgumentsError, ToolContext
 
 Emit = Callable[[Event], None]
@@ -96,6 +109,16 @@ class RunContext:
     # True when the run ended in a store outage and its terminal event could not be written:
     # the record may not match the log until the runtime settles it.
     unsettled: bool = False
+    # Human in the loop: which calls wait for a person, and the decisions so far (None: no
+    # call of this agent ever waits, and approvals cost nothing).
+    gate: ApprovalGate | None = None
+    # What the run may spend (None: unlimited), and the tool calls it made so far.
+    budget: RunBudget | None = None
+    tool_calls: int = 0
+    # Compaction within the run (a long run's context summarised as it grows), when the
+    # agent's policy has one; None: the context is only windowed.
+    compaction: CompactionPolicy | None = None
+    summariser: Model | None = None
 
 
 class Runner:
@@ -105,11 +128,16 @@ class Runner:
         self._owner = ctx.run.owner  # the instance running it (cleared when the run ends)
         self._metadata = {"run_id": ctx.run.id, "tenant": ctx.run.tenant,
                           "agent": ctx.agent.name, "session_id": ctx.session.id}
+        # Compaction within the run: the log seq of each assistant message of this attempt
+        # (by identity), where a summary's verbatim tail may start.
+        self._seqs: dict[int, tuple[Message, int]] = {}
+        self._compaction_failed = False
 
     async def run(self) -> RunRecord:
         """Execute to a terminal status. Re-raises CancelledError after recording it."""
         ctx, run = self.ctx, self.ctx.run
         token = ctx.hooks.run_start(run, model=ctx.model.name)
+        budget_deadline = self._budget_deadline()
         try:
             try:
                 async with asyncio.timeout_at(ctx.deadline):
@@ -117,14 +145,22 @@ class Runner:
                         await self._start()
                     await self._steps()
             except TimeoutError:
-                await self._finish("timed_out", "run.failed",
-                                   {"type": "timed_out", "message": "the run passed its deadline"})
+                if budget_deadline and ctx.budget is not None:
+                    await self._finish("budget_exceeded", "run.failed", _error(
+                        ctx.budget.duration_exceeded(now() - run.created_at)))
+                else:
+                    await self._finish("timed_out", "run.failed", {
+                        "type": "timed_out", "message": "the run passed its deadline"})
+            except RunWaiting as waiting:
+                await self._wait(waiting.pending)
             except asyncio.CancelledError:
                 reason = ctx.cancel_reason or "user"
                 status = CANCEL_STATUS.get(reason, "cancelled")
                 event = "run.interrupted" if status == "interrupted" else "run.cancelled"
                 await asyncio.shield(self._finish(status, event, {"type": status, "reason": reason}))
                 raise
+            except BudgetExceeded as exc:
+                await self._finish("budget_exceeded", "run.failed", _error(exc))
             except RunFailure as exc:
                 await self._finish("failed", "run.failed", _error(exc))
             except RoostError as exc:
@@ -136,6 +172,19 @@ class Runner:
             ctx.hooks.run_end(token, run)
         return run
 
+    def _budget_deadline(self) -> bool:
+        """Bring the deadline forward to the run's duration budget; True when the budget
+        is now the deadline (its passing is `budget_exceeded`, not `timed_out`)."""
+        ctx = self.ctx
+        if ctx.budget is None or ctx.budget.max_duration_s is None:
+            return False
+        left = ctx.run.created_at + ctx.budget.max_duration_s - now()
+        deadline = asyncio.get_running_loop().time() + left
+        if deadline >= ctx.deadline:
+            return False
+        ctx.deadline = deadline
+        return True
+
     # -- steps --------------------------------------------------------------------------
     async def _start(self) -> None:
         ctx = self.ctx
@@ -143,10 +192,15 @@ class Runner:
         user = Message(role="user", content=ctx.run.input)
         ctx.messages.append(user)
 
+        started: dict[str, Any] = {"input": ctx.run.input, "agent": ctx.agent.name,
+                                   "attempt": ctx.run.attempt}
+        if ctx.budget is not None:  # the log carries it to wherever the run resumes
+            started["budget"] = ctx.budget.to_data()
+        if ctx.run.parent_run_id is not None:
+            started["parent_run_id"] = ctx.run.parent_run_id
+
         def first_step() -> list[Event]:
-            return [Event(type="run.started", run_id=ctx.run.id,
-                          data={"input": ctx.run.input, "agent": ctx.agent.name,
-                                "attempt": ctx.run.attempt}),
+            return [Event(type="run.started", run_id=ctx.run.id, data=dict(started)),
                     Event(type="message", run_id=ctx.run.id, data=message_event_data(user))]
 
         try:
@@ -165,10 +219,12 @@ class Runner:
         steps_taken = sum(1 for m in ctx.messages if m.role == "assistant") if ctx.resume else 0
         pending = pending_tool_calls(ctx.messages) if ctx.resume else []
         if pending:
-            await self._run_tools(pending)
+            await self._run_step_tools(pending)
         while True:
             if steps_taken >= ctx.agent.limits.max_steps:
                 raise MaxStepsExceeded(f"no final answer within {ctx.agent.limits.max_steps} steps")
+            if ctx.budget is not None:
+                ctx.budget.check_usage(ctx.run.usage)
             response = await self._call_model()
             steps_taken += 1
             message = response.message
@@ -192,7 +248,64 @@ class Runner:
                               data={"id": c.id, "name": c.name, "arguments": c.arguments})
                         for c in message.tool_calls)
             await self._append(step)
-            await self._run_tools(message.tool_calls)
+            if ctx.compaction is not None:
+                self._seqs[id(message)] = (message, step[0].seq)
+            await self._run_step_tools(message.tool_calls)
+            if ctx.compaction is not None:
+                await self._compact_within()
+
+    async def _compact_within(self) -> None:
+        """Summarise the run's older steps when its context passed the policy's trigger;
+        the summary is a `compaction` event (a resume starts from it). Best effort: a
+        summariser failure leaves the context windowed, and this attempt stops trying."""
+        ctx = self.ctx
+        policy = ctx.compaction
+        if policy is None or ctx.summariser is None or self._compaction_failed \
+                or not needs_compaction(ctx.messages, policy):
+            return
+        start, first = step_tail_start(ctx.messages, policy)
+        known = self._seqs.get(id(first)) if first is not None else None
+        if known is None or known[0] is not first:
+            return  # the tail starts before this attempt (resumed): later steps will do
+        seqs = [0] * len(ctx.messages)
+        seqs[start] = known[1]
+        loop = asyncio.get_running_loop()
+        try:
+            compaction = await compact(ctx.messages, policy, ctx.summariser,
+                                       deadline=min(ctx.deadline, loop.time() + policy.timeout_s),
+                                       seqs=seqs, metadata=dict(self._metadata),
+                                       within_run=True)
+        except ModelError:
+            self._compaction_failed = True
+            return
+        if compaction is None:
+            return
+        ctx.run.usage.add(compaction.usage)
+        await self._append([compaction_event(compaction, ctx.run.id)])
+        # The run's own request stays verbatim after the summary: a turn starts with it
+        # (the window keeps whole turns), and the model keeps the task in its own words.
+        compacted = apply_compaction(ctx.messages, compaction)
+        at = next(i for i, m in enumerate(compacted) if is_summary(m)) + 1
+        compacted.insert(at, Message(role="user", content=ctx.run.input))
+        ctx.messages[:] = compacted
+        self._seqs = {k: v for k, v in self._seqs.items()
+                      if any(v[0] is m for m in ctx.messages)}
+
+    async def _run_step_tools(self, calls: list[ToolCall]) -> None:
+        """A step's tool calls, within the budget; the calls a person must see first wait
+        (the others run, then the run waits: `RunWaiting`)."""
+        ctx = self.ctx
+        if ctx.budget is not None:
+            ctx.budget.check_usage(ctx.run.usage)
+            ctx.budget.check_tool_calls(ctx.tool_calls, len(calls))
+        held = ctx.gate.pending(calls) if ctx.gate is not None else None
+        if held:
+            waiting = {h["call_id"] for h in held}
+            free = [c for c in calls if c.id not in waiting]
+            if free:
+                await self._run_tools(free)
+            raise RunWaiting(held)
+        await self._run_tools(calls)
 
     async def _call_model(self) -> ModelResponse:
         ctx = self.ctx
@@ -235,7 +348,8 @@ class Runner:
 
         async def one(call: ToolCall) -> None:
             async with limit:
-                content, outcome, duration = await self._call_tool(call)
+                content, outcome, duration, kept = await self._call_tool(call)
+            self.ctx.tool_calls += 1
             policies = self.ctx.agent.policies
             content, artifact = await offload_if_large(
                 content, limit_bytes=policies.max_tool_result_bytes, store=self.ctx.artifacts,
@@ -246,6 +360,8 @@ class Runner:
                 "duration_ms": round(duration * 1000, 3)}
             if artifact is not None:
                 data["artifact"] = artifact
+            if kept:  # what the tool itself stored (an MCP server's images, say)
+                data["artifacts"] = kept
             result = Message(role="tool", content=content, tool_call_id=call.id, name=call.name)
             async with self._append_lock:
                 self.ctx.messages.append(result)
@@ -264,19 +380,26 @@ class Runner:
             # failure; an ExceptionGroup would hide its type from the caller.
             raise group.exceptions[0] from None
 
-    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float]:
+    async def _call_tool(self, call: ToolCall) -> tuple[str, str, float, list[dict[str, Any]]]:
         ctx = self.ctx
         tool = ctx.tools.get(call.name)
         started = time.perf_counter()
         if tool is None:
-            return f"Error: unknown tool {call.name!r}", "error", 0.0
+            return f"Error: unknown tool {call.name!r}", "error", 0.0, []
+        if ctx.gate is not None and (decision := ctx.gate.decisions.get(call.id)) is not None:
+            decided = decision.result()
+            if decided is not None:  # rejected (the reason) or answered: nothing runs
+                return decided[0], decided[1], 0.0, []
+            if decision.arguments is not None:  # approved with the person's arguments
+                call = ToolCall(id=call.id, name=call.name, arguments=decision.arguments)
         loop = asyncio.get_running_loop()
         timeout = tool.timeout_s or ctx.agent.limits.tool_timeout_s
         tool_deadline = min(ctx.deadline, loop.time() + timeout)
         token = ctx.hooks.tool_start(ctx.run, call.name, call.id)
         context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
                               agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
-                              state=ctx.session.state, tool_threads=ctx.agent.limits.tool_threads)
+                              state=ctx.session.state, artifacts=ctx.artifacts,
+                              tool_threads=ctx.agent.limits.tool_threads)
         outcome = "ok"
         error: BaseException | None = None
         try:
@@ -297,7 +420,7 @@ class Runner:
         except Exception as exc:
             outcome, error, content = "error", exc, f"Error: {type(exc).__name__}: {exc}"
         ctx.hooks.tool_end(token, outcome, error)
-        return content, outcome, time.perf_counter() - started
+        return content, outcome, time.perf_counter() - started, context.kept
 
     # -- persistence ----------------------------------------------------------------------
     async def _append(self, events: list[Event], *, with_run: bool = False) -> None:
@@ -307,6 +430,29 @@ class Runner:
         for event in events:
             ctx.events.append(event)
             ctx.emit(event)
+
+    async def _wait(self, pending: list[dict[str, Any]]) -> None:
+        """Pause for a person: `approval.required` per call and `run.waiting`, with the run
+        record in the same append (status `waiting`, no owner: it holds nothing). The
+        record's lease expiry is the wait's deadline, when some instance applies the
+        policy's timeout outcome."""
+        ctx = self.ctx
+        assert ctx.gate is not None
+        policy = ctx.gate.policy
+        expires = now() + policy.timeout_s
+        ctx.run.status = "waiting"
+        ctx.run.disown()
+        ctx.run.lease_expires_at = expires
+        events = [Event(type="approval.required", run_id=ctx.run.id,
+                        data={**p, "expires_at": expires}) for p in pending]
+        events.append(Event(type="run.waiting", run_id=ctx.run.id,
+                            data={"pending": pending, "expires_at": expires,
+                                  "on_timeout": policy.on_timeout,
+                                  "usage": ctx.run.usage_data()}))
+        try:
+            await self._append(events, with_run=True)
+        except RoostError as exc:
+            await self._finish("failed", "run.failed", _error(exc))
 
     async def _finish(self, status: str, event_type: str, data: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -331,6 +477,8 @@ class Runner:
 
 def _error(exc: RoostError) -> dict[str, Any]:
     data: dict[str, Any] = {"type": exc.type, "message": exc.message}
+    if isinstance(exc, BudgetExceeded):
+        data.update(exc.details)
     if isinstance(exc, ModelError):
         data.update(kind=exc.kind, status_code=exc.status_code, provider=exc.provider)
     return data

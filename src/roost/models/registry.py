@@ -80,7 +80,8 @@ class ModelRegistry:
                     self._policy_state = PolicyState()
                 return apply_policies(base, alias.policy,
                                       resolve=lambda name: self._resolve_in(name, (*seen, ref)),
-                                      shared=self._policy_state, key=f"models.{ref}.policy")
+                                      shared=self._policy_state, key=f"models.{ref}.policy",
+                                      embedder=self._embedder)
             return base
         provider, sep, name = ref.partition(":")
         if not sep or not name:
@@ -111,6 +112,22 @@ class ModelRegistry:
         from roost.models.openai_compat import OpenAICompatModel
 
         return OpenAICompatModel(model, provider=provider, settings=settings or None, **common)
+
+    def _embedder(self, ref: str) -> Any:
+        """The embedding model `ref` ("<provider>:<model>") of an OpenAI-compatible provider."""
+        provider, sep, model = ref.partition(":")
+        config = self.providers.get(provider)
+        spec = (config.model_dump() if config is not None
+                else dict(_DEFAULT_PROVIDERS.get(provider) or {}))
+        if not sep or not model or not spec or spec["type"] != "openai":
+            raise ConfigError(f"embedder {ref!r}: use '<provider>:<model>' of an "
+                              "OpenAI-compatible provider", [("embedder", ref)])
+        from roost.models.embeddings import OpenAICompatEmbedder
+
+        api_key = os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None
+        return OpenAICompatEmbedder(spec.get("base_url") or _DEFAULT_PROVIDERS["openai"]["base_url"],
+                                    model, api_key, provider=provider,
+                                    headers=spec.get("headers") or None)
 
     async def aclose(self) -> None:
         for model in self._models.values():

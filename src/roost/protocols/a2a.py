@@ -22,8 +22,9 @@ unknown session) are A2A errors naming Roost's error type.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from a2a.server.context import ServerCallContext
@@ -43,10 +44,10 @@ from starlette.routing import Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from roost.errors import Conflict, InvalidInput, NotFound, RoostError, RunNotFound
-from roost.protocols.conversation import answer_deltas
+from roost.protocols.conversation import answer_deltas, text_deltas
 from roost.protocols.wire import JSONResponse, tenant_of
 from roost.runtime.runtime import RunHandle, Runtime
-from roost.sessions.records import DEFAULT_TENANT, RunRecord
+from roost.sessions.records import DEFAULT_TENANT, TERMINAL_STATUSES, RunRecord
 
 log = logging.getLogger("roost.protocols.a2a")
 
@@ -162,37 +163,44 @@ class RoostRequestHandler(RequestHandler):
     async def on_message_send_stream(self, params: pb.SendMessageRequest,
                                      context: ServerCallContext) -> AsyncGenerator[Any]:
         handle = await self._submit(params, context, stream=True)
-        async for event in self._follow(handle, params.message):
-            yield event
+        try:
+            async for event in self._follow(handle.run, self._deltas(handle), handle.wait,
+                                            params.message):
+                yield event
+        except BaseException:
+            handle.cancel("disconnect")
+            raise
 
-    async def _follow(self, handle: RunHandle,
+    def _deltas(self, handle: RunHandle) -> AsyncGenerator[str, None]:
+        return answer_deltas(handle, hold_steps=self._holds(handle.run))
+
+    def _holds(self, run: RunRecord) -> bool:
+        return bool(self.runtime.hosted(run.agent).tool_specs)
+
+    async def _follow(self, run: RunRecord, deltas: AsyncIterator[str],
+                      final: Callable[[], Awaitable[RunRecord]],
                       user: pb.Message | None) -> AsyncGenerator[Any]:
         """The task, `working`, the answer as artifact chunks, then the final status."""
-        run = handle.run
         yield task_of(run, state=pb.TASK_STATE_SUBMITTED, user=user)
         yield pb.TaskStatusUpdateEvent(task_id=run.id, context_id=run.session_id,
                                        status=pb.TaskStatus(state=pb.TASK_STATE_WORKING))
         first = True
-        try:
-            async for text in answer_deltas(handle):
-                yield pb.TaskArtifactUpdateEvent(
-                    task_id=run.id, context_id=run.session_id, append=not first,
-                    last_chunk=False,
-                    artifact=pb.Artifact(artifact_id="answer", name="answer",
-                                         parts=[pb.Part(text=text)]))
-                first = False
-        except BaseException:
-            handle.cancel("disconnect")
-            raise
-        run = handle.done.result()
-        final = task_of(run)
+        async for text in deltas:
+            yield pb.TaskArtifactUpdateEvent(
+                task_id=run.id, context_id=run.session_id, append=not first,
+                last_chunk=False,
+                artifact=pb.Artifact(artifact_id="answer", name="answer",
+                                     parts=[pb.Part(text=text)]))
+            first = False
+        run = await final()
+        final_task = task_of(run)
         if run.status == "completed":
             yield pb.TaskArtifactUpdateEvent(
                 task_id=run.id, context_id=run.session_id, append=not first, last_chunk=True,
                 artifact=pb.Artifact(artifact_id="answer", name="answer",
                                      parts=[pb.Part(text="")]))
         yield pb.TaskStatusUpdateEvent(task_id=run.id, context_id=run.session_id,
-                                       status=final.status)
+                                       status=final_task.status)
 
     async def on_get_task(self, params: pb.GetTaskRequest,
                           context: ServerCallContext) -> pb.Task | None:
@@ -222,15 +230,27 @@ class RoostRequestHandler(RequestHandler):
 
     async def on_subscribe_to_task(self, params: pb.SubscribeToTaskRequest,
                                    context: ServerCallContext) -> AsyncGenerator[Any]:
+        """Follow a task to its end, wherever its run is driven: here, from its live channel;
+        on another instance, from the log and the fleet bus (`Runtime.follow`). A task that
+        already ended is its record. Leaving a subscription never cancels the task."""
         run = await self._run(params.id, context)
         if run is None:
             raise InvalidParamsError(message=f"no task {params.id}")
-        handle = self.runtime.live_run(self._tenant(context), params.id)
-        if handle is None:  # ended (or driven by another instance): its record as it is
+        tenant = self._tenant(context)
+        handle = self.runtime.live_run(tenant, params.id)
+        if handle is not None:
+            deltas = self._deltas(handle)
+            final = handle.wait
+        elif run.status in TERMINAL_STATUSES:
             yield task_of(run)
             return
-        async for event in self._follow(handle, None):
-            yield event
+        else:
+            async def final() -> RunRecord:
+                return await self.runtime.get_run(tenant, run.id)
+            deltas = text_deltas(self.runtime.follow(run), final, hold_steps=self._holds(run))
+        async with contextlib.aclosing(deltas):
+            async for event in self._follow(run, deltas, final, None):
+                yield event
 
     async def on_list_tasks(self, params: Any, context: ServerCallContext) -> Any:
         raise UnsupportedOperationError(message="listing tasks is not supported")

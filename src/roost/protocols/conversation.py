@@ -13,18 +13,19 @@ Two ways in, the same `Runtime` calls underneath (`create_session`, `submit_turn
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 
 from roost.engine.context import message_event_data
 from roost.errors import InvalidInput
 from roost.models.base import Message
 from roost.runtime.bus import ChannelLagged
 from roost.runtime.runtime import RunHandle, Runtime
-from roost.sessions.records import Event
+from roost.sessions.records import Event, RunRecord
 
 #: metadata on sessions a protocol created, so operators can tell them apart
 PROTOCOL_KEY = "protocol"
-_TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+_TERMINAL = frozenset({"run.completed", "run.failed", "run.cancelled", "run.interrupted",
+                       "run.waiting"})
 
 
 async def start_turn(runtime: Runtime, tenant: str, agent: str, messages: list[Message], *,
@@ -65,27 +66,55 @@ async def _seed(runtime: Runtime, tenant: str, session_id: str, history: list[Me
     live.remember(history, completed=True)
 
 
-async def answer_deltas(handle: RunHandle) -> AsyncIterator[str]:
-    """The run's answer as text deltas while it runs; then whatever of its final output the
-    deltas did not carry (a provider that did not stream, or a reader that fell behind the
-    channel's buffer: deltas are not persisted, the output is)."""
+async def answer_deltas(handle: RunHandle, *, hold_steps: bool) -> AsyncGenerator[str, None]:
+    """The answer of a run this process drives, as text deltas (see `text_deltas`)."""
+    async for text in text_deltas(handle.channel.batches(), handle.wait, hold_steps=hold_steps):
+        yield text
+
+
+async def text_deltas(batches: AsyncIterator[list[Event]],
+                      final: Callable[[], Awaitable[RunRecord]], *,
+                      hold_steps: bool) -> AsyncGenerator[str, None]:
+    """A run's answer as text deltas from its event batches (its live channel here, or
+    `Runtime.follow` for a run driven by another instance), to its end; then whatever of its
+    final output (`final()`, the ended run) the deltas did not carry (a provider that did not
+    stream, events read from the log, or a reader that fell behind the channel's buffer:
+    deltas are not persisted, the output is).
+
+    Only the answer's text: a model may write text in a step that also calls tools ("Let me
+    look that up"), and whether a step calls tools is known only when the step ends (the
+    providers stream text first, tool calls after it). With `hold_steps` (an agent that has
+    tools) each step's deltas are held until its `message` event says which it was: the
+    final answer's are released, a tool step's dropped (its text stays in the session log).
+    An agent without tools has one step, the answer: its deltas pass through as they come."""
     sent: list[str] = []
+    held: list[str] = []
     try:
-        async for batch in handle.channel.batches():
+        async for batch in batches:
             for event in batch:
                 if event.type == "message.delta":
                     text = event.data.get("text", "")
-                    if text:
+                    if not text:
+                        continue
+                    if hold_steps:
+                        held.append(text)
+                        continue
+                    sent.append(text)
+                    yield text
+                elif event.type == "message" and event.data.get("role") == "assistant":
+                    if event.data.get("tool_calls"):
+                        # A step that called tools: its text (if any) was not the answer.
+                        sent.clear()
+                    elif held:
+                        text = "".join(held)
                         sent.append(text)
                         yield text
-                elif event.type == "message" and event.data.get("tool_calls"):
-                    # A step that called tools: its text (if any) was not the answer.
-                    sent.clear()
+                    held.clear()
                 elif event.type in _TERMINAL:
                     break
     except ChannelLagged:
         pass
-    run = await handle.wait()
+    run = await final()
     output = run.output or ""
     streamed = "".join(sent)
     if run.status == "completed" and output.startswith(streamed) and output != streamed:

@@ -36,15 +36,18 @@ class Protocols:
         self.tenant_header = runtime.settings.server.tenant_header
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []  # servers with a lifespan of their own
+        #: whether `/mcp` and A2A are served (their extras are installed)
+        self.mcp = importlib.util.find_spec("mcp") is not None
+        self.a2a = importlib.util.find_spec("a2a") is not None
 
     def wrap(self, entry: ASGIApp) -> ASGIApp:
         entry = OpenAIRoutes(entry, runtime=self.runtime, tenant_header=self.tenant_header)
-        if importlib.util.find_spec("mcp") is not None:
+        if self.mcp:
             mcp_entry = entry
             entry = OnFirstUse(entry, _is_mcp, lambda: self._mcp_app(mcp_entry))
         else:
             log.info("/mcp is off: pip install 'roost[mcp]' to serve agents over MCP")
-        if importlib.util.find_spec("a2a") is not None:
+        if self.a2a:
             a2a_entry = entry
 
             async def a2a_app() -> ASGIApp:

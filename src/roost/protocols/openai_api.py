@@ -221,7 +221,8 @@ async def chat_completion(runtime: Runtime, request: Request,
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         cancel_on_leave = runtime.hosted(body.model).agent.policies.on_disconnect == "cancel"
         return FrameStream(
-            _chunks(handle, completion_id, created, body.model, include_usage),
+            _chunks(handle, completion_id, created, body.model, include_usage,
+                    hold_steps=bool(runtime.hosted(body.model).tool_specs)),
             headers=headers,
             on_disconnect=(lambda: handle.cancel("disconnect")) if cancel_on_leave else None)
     if not await wait_or_disconnect(handle.done, receive):
@@ -248,9 +249,11 @@ def usage_of(run: RunRecord) -> dict[str, int]:
 
 
 async def _chunks(handle: RunHandle, completion_id: str, created: int, model: str,
-                  include_usage: bool) -> AsyncIterator[bytes]:
+                  include_usage: bool, *, hold_steps: bool) -> AsyncIterator[bytes]:
     """OpenAI's chunks: the role, content deltas, the finish reason, the usage (when asked
-    for), `[DONE]`; a run that fails ends with an error chunk (the SDK raises it)."""
+    for), `[DONE]`; a run that fails ends with an error chunk (the SDK raises it). The
+    content is the final answer only: tool steps (their text included) are not shown, as
+    the agent's tools run server-side (see `answer_deltas`)."""
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return data_frame({"id": completion_id, "object": "chat.completion.chunk",
                            "created": created, "model": model, "system_fingerprint": None,
@@ -258,7 +261,7 @@ async def _chunks(handle: RunHandle, completion_id: str, created: int, model: st
                                         "finish_reason": finish}]})
 
     yield chunk({"role": "assistant", "content": ""})
-    async for text in answer_deltas(handle):
+    async for text in answer_deltas(handle, hold_steps=hold_steps):
         yield chunk({"content": text})
     run = handle.done.result()
     if run.status != "completed":

@@ -98,7 +98,8 @@ async def create(runtime: Runtime, request: Request, receive: Receive, *,
     previous_id = body.previous_response_id
     if body.stream:
         cancel_on_leave = runtime.hosted(body.model).agent.policies.on_disconnect == "cancel"
-        return FrameStream(_events(handle, previous_id), headers=headers,
+        return FrameStream(_events(handle, previous_id,
+                                   hold_steps=bool(runtime.hosted(body.model).tool_specs)), headers=headers,
                            on_disconnect=(lambda: handle.cancel("disconnect"))
                            if cancel_on_leave else None)
     if not await wait_or_disconnect(handle.done, receive):
@@ -147,7 +148,8 @@ def response_object(run: RunRecord, previous_id: str | None, *,
     }
 
 
-async def _events(handle: RunHandle, previous_id: str | None) -> AsyncIterator[bytes]:
+async def _events(handle: RunHandle, previous_id: str | None, *,
+                  hold_steps: bool) -> AsyncIterator[bytes]:
     """The Responses stream: created, in_progress, the message item and its text part
     opening, text deltas, their closing, and completed (or failed)."""
     run = handle.run
@@ -169,7 +171,7 @@ async def _events(handle: RunHandle, previous_id: str | None) -> AsyncIterator[b
     yield frame("response.content_part.added", **place,
                 part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
     parts = []
-    async for text in answer_deltas(handle):
+    async for text in answer_deltas(handle, hold_steps=hold_steps):
         parts.append(text)
         yield frame("response.output_text.delta", **place, delta=text, logprobs=[])
     run = handle.done.result()

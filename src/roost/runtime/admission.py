@@ -659,3 +659,19 @@ class AdmissionController:
             f"<AdmissionController running={self._running}/{self._running_limit}"
             f" queued={len(self._queue)}/{self._limits.max_queued}>"
         )
+
+
+class InheritedSlot(Slot):
+    """The slot of a child run: it runs on its parent's (which is held while the child runs),
+    so acquiring and releasing it are no-ops and it is never queued."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:  # no controller: nothing is counted twice
+        self._state = _RUNNING
+
+    async def acquire(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None

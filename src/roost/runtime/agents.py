@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 
 from roost.agent import Agent, Limits, Policies
 from roost.config import Settings
+from roost.engine.approval import ApprovalGate, build_gate
+from roost.engine.run_budget import RunBudget
 from roost.errors import AgentNotFound, ConfigError, Conflict, Unavailable
 from roost.models.base import Message, Model, ToolSpec
 from roost.models.registry import ModelRegistry
+from roost.tools.agent_tool import AgentTool
 from roost.tools.base import Tool, Toolset
+from roost.tools.policy import ToolPolicies
 from roost.tools.toolset import (
     close_toolset,
     resolve_tools,
@@ -55,6 +59,10 @@ class HostedAgent:
     resumed: asyncio.Event = field(default_factory=asyncio.Event)
     system: Message | None = None
     summariser: Model | None = None  # the compaction model, when compaction is on
+    # Which calls wait for a person (None: none ever does; see engine/approval.py).
+    gate: ApprovalGate | None = None
+    # The agent's per-run budget limits (None: unlimited).
+    budget: RunBudget | None = None
 
     @property
     def name(self) -> str:
@@ -71,6 +79,7 @@ class AgentTable(Mapping[str, HostedAgent]):
         self._mcp_servers: dict[str, Toolset] = {}  # [mcp_servers.NAME], shared by agents
         self._toolsets: list[Toolset] = []  # started by start_toolsets, closed by close
         self.max_timeout = 120.0  # the longest run timeout of any agent
+        self.tool_policies = ToolPolicies.from_config(settings.tool_policies)
 
     def __getitem__(self, name: str) -> HostedAgent:
         return self._agents[name]
@@ -85,7 +94,7 @@ class AgentTable(Mapping[str, HostedAgent]):
         if agent.name in self._agents:
             raise ConfigError(f"two agents are named {agent.name!r}", [("agents", agent.name)])
         agent = self._apply_overrides(agent)
-        tools = {t.name: t for t in agent.function_tools()}
+        tools = self.tool_policies.limit_tools(agent.function_tools())
         specs = [ToolSpec(name=t.name, description=t.description, parameters=t.parameters)
                  for t in tools.values()]
         model = self.models.resolve(agent.model)
@@ -95,6 +104,8 @@ class AgentTable(Mapping[str, HostedAgent]):
                              if agent.instructions else None,
                              summariser=(self.models.resolve(compaction.model)
                                          if compaction.model else model) if compaction else None)
+        hosted.gate = build_gate(tools.values(), agent.policies.approval)
+        hosted.budget = agent.limits.run_budget()
         self._agents[agent.name] = hosted
         self.max_timeout = max(h.agent.limits.run_timeout_s for h in self._agents.values())
         return hosted
@@ -109,7 +120,13 @@ class AgentTable(Mapping[str, HostedAgent]):
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"agents.{agent.name}: {exc}",
                               [(f"agents.{agent.name}", str(exc))]) from None
-        tools = agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+        tools = (agent.tools + [self._mcp_server(name) for name in override.mcp_servers]
+                 + [AgentTool(name) for name in override.agent_tools])
+        if "ask_user" in override.builtin_tools and not any(
+                getattr(t, "name", None) == "ask_user" for t in tools):
+            from roost.tools.ask_user import ask_user
+
+            tools.append(ask_user)
         return Agent(name=agent.name, model=override.model or agent.model,
                      instructions=agent.instructions, tools=tools,
                      description=agent.description, limits=limits, policies=policies,
@@ -153,7 +170,8 @@ class AgentTable(Mapping[str, HostedAgent]):
             log.error("%s; keeping the agent's previous tools", exc.message)
             return
         # Replaced, not mutated: a run in flight keeps the table it started with.
-        hosted.tools, hosted.tool_specs = tools, specs
+        hosted.tools, hosted.tool_specs = self.tool_policies.limit_tools(tools.values()), specs
+        hosted.gate = build_gate(tools.values(), hosted.agent.policies.approval)
 
     async def close_toolsets(self) -> None:
         """Close the toolsets, and the tools that hold a connection (`close()`: A2A)."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from roost.bus import FleetBus
+from roost.engine.approval import with_decisions
 from roost.engine.compaction import CompactionPolicy, compact
 from roost.engine.run import RunContext, Runner
 from roost.errors import RoostError
@@ -50,12 +51,17 @@ class Executor:
         emit: Callable[[Event], None] = handle.channel.publish
         if rt.shared:
             emit = _fleet_emitter(emit, rt.bus, handle.run.id)
-        ctx = RunContext(agent=agent, model=hosted.model, tools=hosted.tools,
-                         tool_specs=hosted.tool_specs, session=live, run=handle.run,
+        tools, specs = rt.agents.tool_policies.for_tenant(handle.run.tenant,
+                                                          hosted.tools, hosted.tool_specs)
+        ctx = RunContext(agent=agent, model=hosted.model, tools=tools,
+                         tool_specs=specs, session=live, run=handle.run,
                          messages=messages, deadline=deadline, emit=emit,
                          stream=handle.stream, hooks=rt.hooks,
                          resume=resume_messages is not None, cancel_reason=handle.cancel_reason,
-                         artifacts=rt.artifacts)
+                         artifacts=rt.artifacts, budget=handle.budget,
+                         gate=with_decisions(hosted.gate, handle.decisions),
+                         tool_calls=handle.tool_calls,
+                         compaction=agent.policies.compaction, summariser=hosted.summariser)
         handle.ctx = ctx
         handle.started = True
         # The run's record is first written by its first append, maybe long after it was

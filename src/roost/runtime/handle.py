@@ -6,7 +6,9 @@ import asyncio
 import uuid
 from dataclasses import dataclass, field
 
+from roost.engine.approval import Decision
 from roost.engine.run import RunContext
+from roost.engine.run_budget import RunBudget
 from roost.models.base import Message
 from roost.runtime.bus import RunChannel
 from roost.sessions.records import Event, RunRecord
@@ -32,6 +34,11 @@ class RunHandle:
     conversation: list[Message] = field(default_factory=list)
     # Holds this session's store lease (shared stores): released when the run ends.
     leased: bool = False
+    # What the run may spend, the decisions a person made on its calls, and the tool calls
+    # it made before (a resumed run: all three read back from its log).
+    budget: RunBudget | None = None
+    decisions: dict[str, Decision] | None = None
+    tool_calls: int = 0
 
     async def wait(self) -> RunRecord:
         return await asyncio.shield(self.done)

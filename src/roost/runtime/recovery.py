@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from roost.engine.approval import Decision, decisions_from
 from roost.engine.budget import fit_to_budget
 from roost.engine.compaction import resume_context
+from roost.engine.run_budget import RunBudget
 from roost.errors import Conflict, RoostError, RunNotFound
 from roost.models.base import Message
 from roost.runtime.admission import Slot
@@ -31,10 +33,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("roost.runtime")
 
 RESUMABLE = ("interrupted", "running", "queued")
-# An interrupted run's log ends in run.interrupted, and it resumes after it.
-FINAL_EVENTS = RUN_END_EVENTS - {"run.interrupted"}
+# An interrupted run's log ends in run.interrupted, and it resumes after it; a waiting
+# run's in run.waiting, and it resumes after the decision (runtime/approvals.py).
+FINAL_EVENTS = RUN_END_EVENTS - {"run.interrupted", "run.waiting"}
 _STATUS_OF = {"run.completed": "completed", "run.cancelled": "cancelled",
-              "run.interrupted": "interrupted"}
+              "run.interrupted": "interrupted", "run.waiting": "waiting"}
+#: how much of a session's log a resume reads: a long run's whole own part, with margin
+RESUME_TAIL_EVENTS = 10_000
+
+
+def restored_state(first: list[Event], tail: list[Event], run_id: str) -> dict[str, Any]:
+    """What a resumed run carries over from its log: its budget (in `run.started`), the
+    decisions a person made on its calls, and how many tool calls it made."""
+    started = next((e for e in first if e.type == "run.started" and e.run_id == run_id), None)
+    return {"budget": RunBudget.from_data(started.data.get("budget")) if started else None,
+            "decisions": decisions_from(tail, run_id) or None,
+            "tool_calls": sum(1 for e in tail if e.type == "tool.result" and e.run_id == run_id)}
 
 
 def apply_terminal(run: RunRecord, event: Event) -> None:
@@ -43,7 +57,8 @@ def apply_terminal(run: RunRecord, event: Event) -> None:
     status = _STATUS_OF.get(event.type)
     if status is None:  # run.failed: timed_out is a failure with its own status
         error = data.get("error") or {}
-        status = "timed_out" if error.get("type") == "timed_out" else "failed"
+        kind = str(error.get("type"))
+        status = kind if kind in ("timed_out", "budget_exceeded") else "failed"
     run.status = status
     if event.type == "run.completed":
         run.output = data.get("output", run.output)
@@ -92,20 +107,27 @@ class Recovery:
                 raise Conflict(f"run {run.id} had not started: back in the queue", run_id=run.id)
             await self._close_orphan(run, "the run had not started when its instance stopped")
             raise RunNotFound(f"run {run.id} has no log to resume from", run_id=run.id)
-        ended = next((e for e in reversed(events) if e.type in FINAL_EVENTS), None)
+        try:
+            # The newest part of the log: a long run's first page of events is not its end.
+            tail = await rt.store.tail_events(run.tenant, live.id, RESUME_TAIL_EVENTS)
+        except BaseException:
+            await self._give_back(run)
+            raise
+        mine = [e for e in tail if e.run_id == run.id] or events
+        ended = next((e for e in reversed(mine) if e.type in FINAL_EVENTS), None)
         if ended is not None:  # its end is in the log: the record only has to agree
             apply_terminal(run, ended)
             run.disown()
             await rt.store.put_run(run)
             raise Conflict(f"run {run.id} already ended ({run.status})", run_id=run.id)
-        if events[-1].seq != live.session.last_seq:
+        if mine[-1].seq != live.session.last_seq:
             # A later turn moved the session on: appending this run's steps now would put
             # them after that turn's. Close it where it stands instead.
             await self._close_orphan(run, "the session moved on while the run was interrupted")
             raise Conflict(f"run {run.id} cannot resume: its session moved on", run_id=run.id)
         try:
-            tail = await rt.store.tail_events(run.tenant, live.id, 10_000)
-            return self._start(run, hosted, live, resume_context(tail, run.id))
+            return self._start(run, hosted, live, resume_context(tail, run.id),
+                               **restored_state(events, tail, run.id))
         except BaseException:
             # Claimed but not started (the session is busy here, the store failed): give the
             # claim back at once, so the next look (here or elsewhere) tries again.
@@ -152,6 +174,12 @@ class Recovery:
         for orphan in orphans:
             if rt.draining:
                 break
+            if orphan.status == "waiting":  # nobody decided in time: the policy's outcome
+                try:
+                    await rt.approvals.expire(orphan)
+                except RoostError as exc:
+                    log.info("approval timeout of run %s: %s", orphan.id, exc)
+                continue
             try:
                 claimed = await rt.store.claim_run(orphan.tenant, orphan.id, rt.instance_id,
                                                    rt.leases.ttl)
@@ -166,14 +194,16 @@ class Recovery:
         return taken
 
     def _start(self, run: RunRecord, hosted: HostedAgent, live: LiveSession,
-               messages: list[Message]) -> RunHandle:
+               messages: list[Message], *, budget: RunBudget | None = None,
+               decisions: dict[str, Decision] | None = None, tool_calls: int = 0) -> RunHandle:
         rt = self.runtime
         loop = asyncio.get_running_loop()
         timeout = hosted.agent.limits.run_timeout_s
         run.deadline = now() + timeout
         slot = rt.admission.reserve(run.tenant, deadline=time.monotonic() + timeout)
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
-                           stream=False, done=loop.create_future())
+                           stream=False, done=loop.create_future(), budget=budget,
+                           decisions=decisions, tool_calls=tool_calls)
         try:
             lane_wait = rt.lanes.enter((run.tenant, live.id), handle, policy="reject",
                                        max_pending=0, cancel=lambda h: None)

@@ -35,11 +35,13 @@ from roost.background.scheduler import Scheduler
 from roost.bus import FleetBus, open_bus
 from roost.config import Settings
 from roost.engine.hooks import NO_HOOKS, EngineHooks
+from roost.engine.run_budget import RunBudget
 from roost.errors import Conflict, RoostError, SessionNotFound, StoreUnavailable, Unavailable
 from roost.models.registry import ModelRegistry
 from roost.runtime.adaptive import AdaptiveConfig, watch_loop
 from roost.runtime.admission import AdmissionController, Priority, Slot
 from roost.runtime.agents import AgentTable, AgentUnavailable, HostedAgent
+from roost.runtime.approvals import Approvals, DecisionRequest
 from roost.runtime.cache import SessionCache
 from roost.runtime.control import FLEET, Control, instance_channel
 from roost.runtime.execution import Executor
@@ -103,6 +105,7 @@ class Runtime:
         self.turns = Turns(self)
         self.executor = Executor(self)
         self.recovery = Recovery(self)
+        self.approvals = Approvals(self)
         self.leases = SessionLeases(self)
         # Events and control across the instances sharing the store (in process otherwise).
         self.bus: FleetBus = open_bus(self.settings.store.url, **self.settings.store.options)
@@ -118,6 +121,10 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------
     def add_agent(self, agent: Agent) -> None:
         hosted = self.agents.add(agent)
+        for tool in hosted.tools.values():
+            bind = getattr(tool, "bind_runtime", None)  # agents as tools call this runtime
+            if bind is not None:
+                bind(self)
         if self.started:
             self.agents.set_state(hosted, "running")
 
@@ -317,11 +324,12 @@ class Runtime:
     # -- turns and runs ---------------------------------------------------------------
     async def submit_turn(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
                           timeout_s: float | None = None, priority: Priority = "interactive",
-                          idempotency_key: str | None = None) -> RunHandle:
+                          idempotency_key: str | None = None,
+                          budget: RunBudget | None = None) -> RunHandle:
         """Admit a turn and start it (see `turns.py`); `Replay` for a repeated key."""
         return await self.turns.submit(tenant, session_id, text, stream=stream,
                                        timeout_s=timeout_s, priority=priority,
-                                       idempotency_key=idempotency_key)
+                                       idempotency_key=idempotency_key, budget=budget)
 
     async def end_run(self, handle: RunHandle, live: LiveSession, slot: Slot) -> None:
         """A run's task ends, whatever happened: give back what it held, in order."""
@@ -383,6 +391,8 @@ class Runtime:
             if cancelled is not None:
                 return cancelled
             run = await self.store.get_run(tenant, run_id)  # a worker took it meanwhile
+        if run.status == "waiting":  # nobody runs it: end it here (see approvals.py)
+            return await self.approvals.cancel(run)
         if run.owner is None:
             raise Conflict(f"run {run_id} has no live owner to cancel it", run_id=run_id)
         self.control.cancel_remote(run.owner, tenant, run_id, "user")
@@ -406,6 +416,14 @@ class Runtime:
         return follow_run(self.bus, run_channel(run.id), self.replay_of(run), after_seq=after_seq,
                           idle_s=idle_s,
                           is_terminal=lambda e: e.type in RUN_END_EVENTS and e.run_id == run.id)
+
+    async def decide_run(self, tenant: str, run_id: str,
+                         decisions: list[DecisionRequest]) -> RunHandle:
+        """A person's decisions on a waiting run's calls; resumes it here (see
+        `approvals.py`). `Conflict` when it is not waiting or another decision won."""
+        if self.draining:
+            raise AgentUnavailable("the server is shutting down", retry_after=1)
+        return await self.approvals.decide(tenant, run_id, decisions)
 
     async def resume_run(self, tenant: str, run_id: str) -> RunHandle:
         """Continue an interrupted run from its log (see `recovery.py`)."""
@@ -446,6 +464,7 @@ class Runtime:
             "sessions_leased": self.leases.held(),
             "runs_taken_over": self.recovery.takeovers,
             "runs_unsettled": self.recovery.unsettled(),
+            "approvals": self.approvals.statistics(),
             "lease_renewals": self.leases.renewals,
             "lease_renewal_failures": self.leases.renewal_failures,
             "bus": {"backend": self.bus.backend, "published": bus.published,
@@ -463,6 +482,7 @@ class Runtime:
             "agents": {name: h.state for name, h in self.agents.items()},
             "admission": self.admission.statistics(),
             "cache": self.cache.statistics(),
+            "tools": self.agents.tool_policies.statistics(),
             "background": {**self.background.statistics(), **self.scheduler.statistics()},
         }
 

@@ -15,8 +15,9 @@ import time
 from typing import TYPE_CHECKING
 
 from roost.engine.compaction import needs_compaction
+from roost.engine.run_budget import RunBudget
 from roost.errors import InvalidInput, RoostError, SessionBusy, StoreUnavailable
-from roost.runtime.admission import Priority, Slot
+from roost.runtime.admission import InheritedSlot, Priority, Slot
 from roost.runtime.agents import AgentUnavailable, HostedAgent
 from roost.runtime.bus import RunChannel
 from roost.runtime.handle import RunHandle, new_id
@@ -37,19 +38,25 @@ class Turns:
     async def submit(self, tenant: str, session_id: str, text: str, *, stream: bool = False,
                      timeout_s: float | None = None, priority: Priority = "interactive",
                      idempotency_key: str | None = None,
-                     claimed: RunRecord | None = None) -> RunHandle:
+                     claimed: RunRecord | None = None,
+                     budget: RunBudget | None = None,
+                     parent_run_id: str | None = None) -> RunHandle:
         """Admit a turn and start it. Raises at once (before any store work where possible)
         when it cannot be taken: draining, agent paused/stopped, overload, session busy;
         `Replay` when `idempotency_key` names an earlier submission of the same turn.
         `claimed`: a queued run this instance claimed (`roost.background`), run as it is;
-        it waits for its session's lane whatever the double-texting policy."""
+        it waits for its session's lane whatever the double-texting policy.
+        `budget` is capped by the agent's limits (which are also its default)."""
         rt = self.runtime
         if rt.draining:
             raise AgentUnavailable("the server is shutting down", retry_after=1)
         rt.check_store()
-        # Admission first: the overload decision costs microseconds and no store work.
-        slot = rt.admission.reserve(tenant, priority=priority,
-                                    deadline=time.monotonic() + (timeout_s or rt.agents.max_timeout))
+        # Admission first: the overload decision costs microseconds and no store work. A child
+        # run (an agent called as a tool) runs under its parent's slot: waiting for a slot
+        # its parent holds could deadlock (roost.tools.agent_tool).
+        slot = InheritedSlot() if parent_run_id is not None else rt.admission.reserve(
+            tenant, priority=priority,
+            deadline=time.monotonic() + (timeout_s or rt.agents.max_timeout))
         try:
             try:
                 live = await rt.sessions.get(tenant, session_id, rt.agents.policies_of)
@@ -73,13 +80,15 @@ class Turns:
             run = RunRecord(id=new_id("run"), session_id=session_id, tenant=tenant,
                             agent=hosted.name, model=hosted.model.name, status="queued",
                             input=text, deadline=now() + timeout, owner=rt.instance_id,
-                            lease_expires_at=now() + rt.settings.runtime.lease_ttl_s)
+                            lease_expires_at=now() + rt.settings.runtime.lease_ttl_s,
+                            parent_run_id=parent_run_id)
         else:
             run = claimed
             run.deadline = now() + timeout
         policy = "enqueue" if claimed is not None else hosted.agent.policies.double_texting
         handle = RunHandle(run=run, channel=RunChannel(rt.settings.runtime.run_channel_buffer),
-                           stream=stream, done=loop.create_future())
+                           stream=stream, done=loop.create_future(),
+                           budget=RunBudget.resolve(budget, hosted.budget))
         try:
             lane_wait = rt.lanes.enter((tenant, session_id), handle, policy=policy,
                                        max_pending=hosted.agent.policies.max_pending_turns,

@@ -30,6 +30,7 @@ from roost.auth.openapi import declare_security
 from roost.auth.permissions import check_routes
 from roost.observability import Observability, ObservabilityMiddleware
 from roost.protocols.mount import Protocols
+from roost.protocols.openapi import add_protocol_paths
 from roost.runtime.runtime import Runtime
 from roost.server import problems
 from roost.server.hotpath import HotPath
@@ -153,6 +154,7 @@ def create_app(runtime: Runtime, observability: Observability | None = None, *,
     # Every route must say who may call it (roost.auth.permissions.ROUTES).
     check_routes((method, getattr(route, "path", "")) for route in app.routes
                  for method in getattr(route, "methods", None) or ())
+    add_protocol_paths(app, mcp=protocols.mcp, a2a=protocols.a2a)
     declare_security(app)
     entry: ASGIApp = HotPath(app, runtime=runtime, tenant_header=settings.server.tenant_header)
     # OpenAI-compatible API, MCP and A2A: plain ASGI like the turn route, same runtime,

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from roost.agent import Agent
 from roost.auth.principal import PRINCIPAL
+from roost.engine.approval import ApprovalPolicy
 from roost.runtime.runtime import HostedAgent, Runtime
 from roost.sessions.records import DEFAULT_TENANT, Event, RunRecord
 
@@ -46,6 +47,10 @@ def turn_body(run: RunRecord, events: list[Event]) -> dict[str, Any]:
             "error": run.error, "events": events}
 
 
+def _describe(value: Any) -> Any:
+    return value.describe() if isinstance(value, ApprovalPolicy) else value
+
+
 def agent_body(hosted: HostedAgent) -> dict[str, Any]:
     agent: Agent = hosted.agent
     return {
@@ -56,5 +61,6 @@ def agent_body(hosted: HostedAgent) -> dict[str, Any]:
         "tools": [{"name": s.name, "description": s.description, "parameters": s.parameters}
                   for s in hosted.tool_specs],
         "limits": {name: getattr(agent.limits, name) for name in agent.limits.__slots__},
-        "policies": {name: getattr(agent.policies, name) for name in agent.policies.__slots__},
+        "policies": {name: _describe(getattr(agent.policies, name))
+                     for name in agent.policies.__slots__},
     }

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from roost.engine.run_budget import RunBudget
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +36,17 @@ class TurnCreate(_Body):
                              "(also `Prefer: respond-async`); see GET /v1/runs/{id}")
     run_at: AwareDatetime | None = Field(None, description="RFC 3339 time to start the run "
                                          "(implies background; in the past means now)")
+    # Per-run budgets (capped by the agent's limits); past one the run ends budget_exceeded.
+    max_cost: float | None = Field(None, ge=0, description="the most the run may cost")
+    max_tokens: int | None = Field(None, ge=0, description="model tokens (in + out) of the run")
+    max_tool_calls: int | None = Field(None, ge=0, description="tool calls the run may make")
+    max_duration: float | None = Field(None, gt=0, le=30 * 86_400,
+                                       description="seconds from submission to the end")
+
+    def budget(self) -> RunBudget | None:
+        return RunBudget(max_cost=self.max_cost, max_tokens=self.max_tokens,
+                         max_tool_calls=self.max_tool_calls,
+                         max_duration_s=self.max_duration) or None
 
     @field_validator("input")
     @classmethod
@@ -41,6 +54,25 @@ class TurnCreate(_Body):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+
+class DecisionIn(_Body):
+    call_id: str | None = Field(None, max_length=256, description=(
+        "the waiting call (from approval.required); optional when one call waits"))
+    decision: Literal["approve", "reject", "answer"] | None = Field(
+        None, description="approve (optionally with edited arguments), reject (with a "
+        "reason the model reads), or answer an ask_user question")
+    reason: str | None = Field(None, max_length=10_000)
+    arguments: dict[str, Any] | None = Field(
+        None, description="approve with these arguments instead (validated by the tool)")
+    answer: str | None = Field(None, max_length=100_000, description=(
+        "an ask_user answer (`decision` may then be omitted)"))
+
+
+class ApprovalCreate(DecisionIn):
+    """One decision (its fields at the top level) or several (`decisions`)."""
+
+    decisions: list[DecisionIn] | None = Field(None, max_length=128)
 
 
 class UsageOut(BaseModel):
@@ -115,6 +147,7 @@ class RunOut(BaseModel):
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+    parent_run_id: str | None = None  # set on a child run (an agent called as a tool)
 
 
 class RunPage(BaseModel):

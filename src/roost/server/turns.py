@@ -33,7 +33,8 @@ async def respond(runtime: Runtime, tenant: str, session_id: str, turn: TurnCrea
     try:
         handle = await runtime.submit_turn(tenant, session_id, turn.input, stream=stream,
                                            timeout_s=turn.timeout_s, priority=turn.priority,
-                                           idempotency_key=idempotency_key)
+                                           idempotency_key=idempotency_key,
+                                           budget=turn.budget())
     except Replay as replay:
         return await _replay(runtime, tenant, replay.run_id, stream, receive)
     if stream:

@@ -314,6 +314,8 @@ class MemoryStore:
             r for r in self._runs.values()
             if (r.status in ("queued", "running") and r.lease_expires_at is not None
                 and r.lease_expires_at <= clock)
+            or (r.status == "waiting" and r.owner is None and r.lease_expires_at is not None
+                and r.lease_expires_at <= clock)
             or (include_interrupted and r.status == "interrupted" and not _live(r, clock))
         ]
         found.sort(key=lambda r: (r.lease_expires_at or 0.0, r.tenant, r.id))

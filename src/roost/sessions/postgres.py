@@ -123,7 +123,7 @@ _SESSION_COLUMNS = (
 _EVENT_COLUMNS = "seq, type, run_id, data, ts"
 _RUN_COLUMNS = (
     "id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at, model, owner, lease_expires_at"
+    " created_at, updated_at, model, owner, lease_expires_at, parent_run_id"
 )
 
 
@@ -165,6 +165,7 @@ def _run(tenant: str, row: asyncpg.Record) -> RunRecord:
         model=row[12],
         owner=row[13],
         lease_expires_at=row[14],
+        parent_run_id=row[15],
     )
 
 
@@ -192,6 +193,7 @@ def _run_params(run: RunRecord) -> tuple[Any, ...]:
         run.model,
         run.owner,
         run.lease_expires_at,
+        run.parent_run_id,
     )
 
 
@@ -247,7 +249,7 @@ class _Queries:
         self.append_with_run = (
             f"{append}, r AS (INSERT INTO {s}.runs AS cur (tenant, {_RUN_COLUMNS})"
             " SELECT $1, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22,"
-            " $23, $24 FROM s"
+            " $23, $24, $25 FROM s"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()})" + outcome
         )
         self.read_events = (
@@ -262,7 +264,8 @@ class _Queries:
         # delete_session until we commit (or makes us see its delete), so neither is orphaned.
         self.put_run = (
             f"INSERT INTO {s}.runs AS cur (tenant, {_RUN_COLUMNS})"
-            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16"
+            " SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,"
+            " $17"
             f" WHERE EXISTS (SELECT 1 FROM {s}.sessions"
             "  WHERE tenant = $1 AND id = $3 FOR KEY SHARE)"
             f" ON CONFLICT (tenant, id) DO UPDATE SET {_run_updates()} RETURNING 1"
@@ -337,6 +340,10 @@ class _Queries:
             " WHERE $2 AND x.status = 'interrupted' AND (x.owner IS NULL"
             f" OR x.lease_expires_at IS NULL OR x.lease_expires_at <= {clock})"
             " ORDER BY x.lease_expires_at NULLS FIRST LIMIT $1)"
+            " UNION ALL"
+            f" (SELECT x.tenant, {run_columns} FROM {s}.runs x"
+            f" WHERE x.status = 'waiting' AND x.owner IS NULL AND x.lease_expires_at <= {clock}"
+            " ORDER BY x.lease_expires_at LIMIT $1)"
             " ORDER BY lease_expires_at NULLS FIRST, tenant, id LIMIT $1"
         )
         # Put-if-absent, or take over an expired record. A conflicting insert that commits

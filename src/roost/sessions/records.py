@@ -24,6 +24,8 @@ EventType = Literal[
     "run.failed",
     "run.cancelled",
     "run.interrupted",
+    "run.waiting",
+    "approval.decided",
     "compaction",
 ]
 
@@ -36,15 +38,17 @@ RunStatus = Literal[
     "cancelled",
     "timed_out",
     "interrupted",
+    "budget_exceeded",
 ]
 
 TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "cancelled", "timed_out", "interrupted"}
+    {"completed", "failed", "cancelled", "timed_out", "interrupted", "budget_exceeded"}
 )
 
-#: the events that end a run's attempt (and its stream); an interrupted run may resume
+#: the events that end a run's attempt (and its stream); an interrupted run may resume, a
+#: waiting one (`run.waiting`: an approval or a question for a person) resumes on the answer
 RUN_END_EVENTS: frozenset[str] = frozenset(
-    {"run.completed", "run.failed", "run.cancelled", "run.interrupted"})
+    {"run.completed", "run.failed", "run.cancelled", "run.interrupted", "run.waiting"})
 
 
 def now() -> float:
@@ -122,6 +126,8 @@ class RunRecord(msgspec.Struct, kw_only=True):
     # has one): past that, another instance may claim it (`RunStore.claim_run`).
     owner: str | None = None
     lease_expires_at: float | None = None
+    # The run that called this one's agent as a tool (roost.tools.agent_tool), if any.
+    parent_run_id: str | None = None
 
     def disown(self) -> None:
         """The run ended (or was given back): nobody holds it, nobody may take it over."""

@@ -135,7 +135,7 @@ local function refresh_ttl(xm, ttl_ms, keys)
 end
 
 local TERMINAL = {completed = true, failed = true, cancelled = true, timed_out = true,
-                  interrupted = true}
+                  interrupted = true, budget_exceeded = true}
 
 local function fmt_time(t)
   return string.format('%.17g', t)
@@ -158,7 +158,9 @@ local function index_ownership(prefix, run_key, status, owner, lease, old_owner)
       redis.call('SADD', prefix .. '%own:' .. owner, run_key)
     end
   end
-  if (status == 'queued' or status == 'running') and lease ~= '' then
+  -- A waiting run has no owner: its lease is the wait's deadline (the timeout scan).
+  if (status == 'queued' or status == 'running' or (status == 'waiting' and owner == ''))
+      and lease ~= '' then
     redis.call('ZADD', prefix .. 'claim', lease, run_key)
   else
     redis.call('ZREM', prefix .. 'claim', run_key)

@@ -167,6 +167,17 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             scope TEXT NOT NULL, agent TEXT NOT NULL, state TEXT NOT NULL,
             updated_at REAL NOT NULL, PRIMARY KEY (scope, agent)) WITHOUT ROWID""",
     ),
+    # 4 (issue 15, approvals; PostgreSQL 0008): runs waiting for a person, by the wait's
+    # deadline (their lease_expires_at), for the fleet-wide timeout scan.
+    ("CREATE INDEX runs_waiting ON runs (lease_expires_at) WHERE status = 'waiting'",),
+    # 5 (issue 16; PostgreSQL 0010): child runs (roost.tools.agent_tool) name the run that
+    # called them; nullable, so
+    # old runs read back without a parent.
+    (
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        """CREATE INDEX runs_by_parent ON runs (tenant, parent_run_id)
+            WHERE parent_run_id IS NOT NULL""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 
@@ -176,7 +187,7 @@ _SESSION_COLUMNS: Final = (
 )
 _RUN_COLUMNS: Final = (
     "tenant, id, session_id, agent, status, input, output, deadline, attempt, usage, error,"
-    " created_at, updated_at, model, owner, lease_expires_at"
+    " created_at, updated_at, model, owner, lease_expires_at, parent_run_id"
 )
 _EVENT_COLUMNS: Final = "seq, run_id, type, data, ts"
 
@@ -1013,12 +1024,13 @@ _INSERT_EVENT: Final = (
 )
 _UPSERT_RUN: Final = (
     f"INSERT INTO runs ({_RUN_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (tenant, id) DO UPDATE SET session_id = excluded.session_id,"
     " agent = excluded.agent, status = excluded.status, input = excluded.input,"
     " output = excluded.output, deadline = excluded.deadline, attempt = excluded.attempt,"
     " usage = excluded.usage, error = excluded.error, created_at = excluded.created_at,"
     " updated_at = excluded.updated_at, model = excluded.model, owner = excluded.owner,"
+    " parent_run_id = excluded.parent_run_id,"
     # A write never shortens a lease its owner holds (see records.kept_lease).
     " lease_expires_at = CASE WHEN excluded.lease_expires_at IS NOT NULL"
     " AND runs.owner IS excluded.owner THEN max(coalesce(runs.lease_expires_at,"
@@ -1134,6 +1146,9 @@ _CLAIMABLE_RUNS: Final = (
     " WHERE status IN ('queued', 'running') AND lease_expires_at IS NOT NULL"
     " AND lease_expires_at <= ? ORDER BY lease_expires_at LIMIT ?)"
     f" UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
+    " WHERE status = 'waiting' AND owner IS NULL AND lease_expires_at <= ?"
+    " ORDER BY lease_expires_at LIMIT ?)"
+    f" UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs"
     " WHERE ? AND status = 'interrupted'"
     " AND (owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= ?)"
     " ORDER BY lease_expires_at LIMIT ?)"
@@ -1146,7 +1161,7 @@ def _claimable_runs(
 ) -> list[RunRecord]:
     clock = time.time()
     rows = conn.execute(
-        _CLAIMABLE_RUNS, (clock, limit, include_interrupted, clock, limit, limit)
+        _CLAIMABLE_RUNS, (clock, limit, clock, limit, include_interrupted, clock, limit, limit)
     ).fetchall()
     return [_run_from_row(row) for row in rows]
 
@@ -1337,6 +1352,7 @@ def _run_row(run: RunRecord) -> tuple[Any, ...]:
         run.model,
         run.owner,
         run.lease_expires_at,
+        run.parent_run_id,
     )
 
 
@@ -1358,6 +1374,7 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         model=row[13],
         owner=row[14],
         lease_expires_at=row[15],
+        parent_run_id=row[16],
     )
 
 

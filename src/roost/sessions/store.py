@@ -194,8 +194,10 @@ class RunStore(Protocol):
         self, *, include_interrupted: bool = False, limit: int = 100
     ) -> list[RunRecord]:
         """Runs of every tenant whose owner died: status queued or running and an expired
-        `lease_expires_at`; with `include_interrupted`, also interrupted runs with no live
-        owner. Oldest lease expiry first (no lease first), at most `limit`. Indexed."""
+        `lease_expires_at`; waiting runs without an owner whose wait expired (their
+        `lease_expires_at` is the wait's deadline); with `include_interrupted`, also
+        interrupted runs with no live owner. Oldest lease expiry first (no lease first), at
+        most `limit`. Indexed."""
 
 
 @runtime_checkable

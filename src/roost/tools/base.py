@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from roost.sessions.artifacts import ArtifactRef, ArtifactStore
 
 
 @dataclass(slots=True)
@@ -24,12 +27,27 @@ class ToolContext:
     deadline: float | None = None
     # The session state at the start of the run (read-only by convention).
     state: dict[str, Any] = field(default_factory=dict)
+    # Where `keep` stores payloads that do not belong in the model's context.
+    artifacts: ArtifactStore | None = None
+    # The refs `keep` stored during this call: the engine records them on the tool.result.
+    kept: list[dict[str, Any]] = field(default_factory=list)
     # Size of the agent's thread pool for sync tools (`Limits.tool_threads`).
     tool_threads: int = 4
 
     @property
     def idempotency_key(self) -> str:
         return f"{self.run_id}:{self.call_id}"
+
+    async def keep(self, data: bytes, media_type: str) -> ArtifactRef | None:
+        """Store `data` as an artifact of the call's tenant and record its ref on the call's
+        result; None when the run has no artifact store. The store's errors propagate
+        (`InvalidInput` over its size limit, `StoreUnavailable`): the caller says what the
+        model reads instead."""
+        if self.artifacts is None:
+            return None
+        ref = await self.artifacts.put(self.tenant, data, media_type)
+        self.kept.append(ref.to_dict())
+        return ref
 
 
 class ToolArgumentsError(Exception):

@@ -13,7 +13,8 @@ The JSON schema comes from the type hints (Pydantic) and the docstring (summary 
 Google-style `Args:`); arguments are validated before the call. Sync functions run in the
 agent's own bounded thread pool (`limits.tool_threads`, see tools/threads.py) so they never
 block the event loop nor starve other agents. A parameter annotated `ToolContext` receives
-the call's context and is hidden from the model.
+the call's context and is hidden from the model. `@tool(requires_approval=True)` makes every
+call wait for a person's decision before it runs (see `roost.engine.approval`).
 """
 
 from __future__ import annotations
@@ -84,8 +85,10 @@ class FunctionTool:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        requires_approval: bool = False,
     ) -> None:
         self.fn = fn
+        self.requires_approval = requires_approval
         self.name = name or fn.__name__
         if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", self.name):
             raise ValueError(f"tool name {self.name!r} must match [a-zA-Z0-9_-]{{1,64}}")
@@ -156,7 +159,8 @@ def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None,
+    requires_approval: bool = False,
 ) -> Callable[[Callable[..., Any]], FunctionTool]: ...
 
 
@@ -167,10 +171,12 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
+    requires_approval: bool = False,
 ) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Turn a typed function (sync or async) into a tool. Usable bare or with options."""
 
     def wrap(f: Callable[..., Any]) -> FunctionTool:
-        return FunctionTool(f, name=name, description=description, timeout_s=timeout_s)
+        return FunctionTool(f, name=name, description=description, timeout_s=timeout_s,
+                            requires_approval=requires_approval)
 
     return wrap(fn) if fn is not None else wrap

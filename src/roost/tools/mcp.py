@@ -23,13 +23,19 @@ reaches the runtime. A call has the engine's per-call timeout and the run's canc
 cancelling it sends MCP's `notifications/cancelled`.
 
 Results: text blocks joined; structured content as JSON when there is no text; images,
-audio and binary resources as a short placeholder naming their type and size (the engine
-offloads large results as artifacts by size).
+audio and binary resources stored as artifacts of the call (`ToolContext.keep`: recorded on
+the `tool.result` event under `artifacts`, readable at `GET /v1/artifacts/{id}`), the model
+reading a reference `[image: image/png, 5120 bytes, artifact <sha256>]`; a text resource
+over `inline_text_bytes` likewise, after a preview (`ContentLimits`; the per-server keys
+`max_artifact_bytes` and `inline_text_bytes`). The engine offloads a whole result over the
+agent's `max_tool_result_bytes` as it does any tool's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
@@ -41,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from roost.errors import ConfigError, ToolError
+from roost.errors import ConfigError, RoostError, ToolError
 from roost.tools.base import Tool, ToolArgumentsError, ToolContext
 
 try:
@@ -55,6 +61,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("MCPToolset needs the MCP SDK: pip install 'roost[mcp]'") from exc
 
 log = logging.getLogger("roost.tools.mcp")
+
+_DECODE_IN_THREAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +81,8 @@ class MCPToolset:
                  url: str | None = None, headers: dict[str, str] | None = None,
                  prefix: str | None = None, timeout_s: float | None = None,
                  connect_timeout_s: float = 10.0, health_interval_s: float = 10.0,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: Backoff = Backoff(), max_artifact_bytes: int | None = None,
+                 inline_text_bytes: int | None = None) -> None:
         if (command is None) == (url is None):
             raise ConfigError(f"mcp server {name}: give either a command or a url",
                               [(f"mcp_servers.{name}", "command or url")])
@@ -89,6 +98,12 @@ class MCPToolset:
         self.connect_timeout_s = connect_timeout_s
         self.health_interval_s = health_interval_s
         self.backoff = backoff
+        defaults = ContentLimits()
+        self.limits = ContentLimits(
+            max_artifact_bytes=defaults.max_artifact_bytes if max_artifact_bytes is None
+            else max_artifact_bytes,
+            inline_text_bytes=defaults.inline_text_bytes if inline_text_bytes is None
+            else inline_text_bytes)
         self.tools: list[MCPTool] = []
         self.connections = 0  # successful connections so far (restarts = connections - 1)
         self.connected = asyncio.Event()
@@ -149,7 +164,8 @@ class MCPToolset:
         self.connected.clear()
 
     # -- calls ---------------------------------------------------------------------------------
-    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float | None) -> str:
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float | None,
+                   ctx: ToolContext | None = None) -> str:
         session = self._session
         if session is None:
             raise ToolError(f"MCP server {self.name} is unavailable (reconnecting); try later")
@@ -165,7 +181,7 @@ class MCPToolset:
             # The transport is gone (process exited, connection reset): reconnect.
             self._broken.set()
             raise ToolError(f"MCP server {self.name} failed: {type(exc).__name__}: {exc}") from None
-        text = result_text(result)
+        text = await result_text(result, ctx, self.limits)
         if result.is_error:
             raise ToolError(text or f"MCP tool {tool} failed")
         return text
@@ -268,27 +284,91 @@ class MCPTool:
         remaining = None
         if ctx.deadline is not None:
             remaining = max(0.001, ctx.deadline - asyncio.get_running_loop().time())
-        return await self.toolset.call(self.remote_name, parsed, remaining)
+        return await self.toolset.call(self.remote_name, parsed, remaining, ctx)
 
 
-def result_text(result: mcp_types.CallToolResult) -> str:
-    """A tool result as text for the model."""
+@dataclass(frozen=True, slots=True)
+class ContentLimits:
+    """What of an MCP result becomes an artifact rather than model context.
+
+    Images, audio and binary resources are always artifacts (base64 in a text context costs
+    tokens and tells a model nothing) up to `max_artifact_bytes`; a bigger one is named and
+    dropped. A text resource over `inline_text_bytes` is an artifact too, the model reading
+    its first `preview_chars` characters. Plain text blocks stay inline: the engine offloads
+    a whole result over the agent's `policies.max_tool_result_bytes`."""
+
+    max_artifact_bytes: int = 16 * 1024 * 1024
+    inline_text_bytes: int = 16 * 1024
+    preview_chars: int = 2000
+
+
+async def result_text(result: mcp_types.CallToolResult, ctx: ToolContext | None = None,
+                      limits: ContentLimits = ContentLimits()) -> str:
+    """A tool result as text for the model: text blocks as they are, other content kept as
+    artifacts of the call (`ctx.keep`) and referenced by id. Without a context (or an
+    artifact store) they are a placeholder naming type and size."""
     parts: list[str] = []
     for block in result.content:
         if isinstance(block, mcp_types.TextContent):
             parts.append(block.text)
         elif isinstance(block, mcp_types.ImageContent | mcp_types.AudioContent):
-            parts.append(f"[{block.type}: {block.mime_type}, {len(block.data) * 3 // 4} bytes]")
+            parts.append(await _binary(block.type, block.data, block.mime_type, ctx, limits))
         elif isinstance(block, mcp_types.EmbeddedResource):
             resource = block.resource
-            text = getattr(resource, "text", None)
-            parts.append(text if text is not None else
-                         f"[resource {resource.uri}: {resource.mime_type or 'binary'}]")
+            label = f"resource {resource.uri}"
+            if isinstance(resource, mcp_types.BlobResourceContents):
+                parts.append(await _binary(label, resource.blob,
+                                           resource.mime_type or "application/octet-stream",
+                                           ctx, limits))
+            else:
+                parts.append(await _text(label, resource.text,
+                                         resource.mime_type or "text/plain", ctx, limits))
         elif isinstance(block, mcp_types.ResourceLink):
             parts.append(f"[resource {block.uri}]")
     if not parts and result.structured_content is not None:
         return orjson.dumps(result.structured_content).decode()
     return "\n".join(parts)
+
+
+async def _binary(label: str, encoded: str, media_type: str, ctx: ToolContext | None,
+                  limits: ContentLimits) -> str:
+    size = len(encoded) * 3 // 4 - encoded[-2:].count("=")
+    if size > limits.max_artifact_bytes:
+        return (f"[{label}: {media_type}, {size} bytes; not kept: over the "
+                f"{limits.max_artifact_bytes}-byte limit]")
+    try:
+        # Decoding a few MiB takes milliseconds: off the loop above this size.
+        data = (await asyncio.to_thread(base64.b64decode, encoded, validate=True)
+                if size > _DECODE_IN_THREAD_BYTES else base64.b64decode(encoded, validate=True))
+    except binascii.Error:
+        return f"[{label}: {media_type}; not kept: the server sent invalid base64]"
+    return await _keep(label, data, media_type, ctx)
+
+
+async def _text(label: str, text: str, media_type: str, ctx: ToolContext | None,
+                limits: ContentLimits) -> str:
+    if len(text) * 4 <= limits.inline_text_bytes:  # at most 4 bytes a character: no encoding
+        return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limits.inline_text_bytes:
+        return text
+    if len(data) > limits.max_artifact_bytes:
+        return (f"{text[:limits.preview_chars]}… [{label}: {media_type}, {len(data)} bytes; "
+                f"not kept: over the {limits.max_artifact_bytes}-byte limit]")
+    reference = await _keep(label, data, media_type, ctx)
+    return f"{text[:limits.preview_chars]}… {reference}"
+
+
+async def _keep(label: str, data: bytes, media_type: str, ctx: ToolContext | None) -> str:
+    try:
+        ref = await ctx.keep(data, media_type) if ctx is not None else None
+    except RoostError as exc:  # over the artifact store's own limit, or the store is down
+        log.warning("could not keep a %d-byte %s from an MCP tool: %s", len(data), media_type,
+                    exc)
+        return f"[{label}: {media_type}, {len(data)} bytes; it could not be kept]"
+    if ref is None:
+        return f"[{label}: {media_type}, {len(data)} bytes]"
+    return f"[{label}: {media_type}, {ref.size} bytes, artifact {ref.id}]"
 
 
 @contextlib.asynccontextmanager

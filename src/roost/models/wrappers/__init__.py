@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from roost.errors import ConfigError
 from roost.models.base import Model
+from roost.models.embeddings import Embedder
 from roost.models.wrappers.base import WrapperModel, provider_of
 from roost.models.wrappers.breaker import BreakerModel, CircuitBreaker, TransitionCallback
 from roost.models.wrappers.config import (
@@ -41,6 +42,7 @@ from roost.models.wrappers.config import (
     RateLimitConfig,
     RetryConfig,
     RouterConfig,
+    SemanticPolicyConfig,
     SemanticRouterConfig,
 )
 from roost.models.wrappers.fallback import FallbackModel
@@ -159,13 +161,15 @@ def apply_policies(
     resolve: Callable[[str], Model],
     shared: PolicyState | None = None,
     key: str = "policy",
+    embedder: Callable[[str], Embedder] | None = None,
 ) -> Model:
     """Wrap `model` as `policy` says (see the module docstring for the order).
 
     `resolve` turns a model ref from the policy (fallbacks, router backends) into a `Model`
     — normally `ModelRegistry.resolve`, so a fallback alias comes with its own policy.
     `shared` holds the breakers, budgets and limiters to share with other aliases; without
-    it this alias gets its own. `key` prefixes the key paths of config errors.
+    it this alias gets its own. `key` prefixes the key paths of config errors. `embedder`
+    builds the embedding model a `semantic` policy names.
     """
     policy = parse_policy(policy, key=key)
     state = shared or PolicyState()
@@ -192,6 +196,8 @@ def apply_policies(
         backends = [core, *(resolve(ref) for ref in router.backends)]
         core = RouterModel(name, backends, router.model_copy(update={"weights": None}),
                            weights=router.weights)
+    if policy.semantic is not None:
+        core = _semantic_router(name, policy.semantic, resolve, embedder, key)
     if policy.retry.enabled and policy.retry.max_attempts > 1:
         budget = state.budget(policy.retry.budget_key or provider_of(model), policy.retry)
         core = RetryModel(core, policy.retry, budget=budget)
@@ -199,3 +205,17 @@ def apply_policies(
         chain = [core, *(resolve(ref) for ref in policy.fallbacks)]
         core = FallbackModel(chain, policy.fallback, name=name)
     return core
+
+
+def _semantic_router(name: str, config: SemanticPolicyConfig, resolve: Callable[[str], Model],
+                     embedder: Callable[[str], Embedder] | None, key: str) -> Model:
+    if embedder is None:
+        raise ConfigError("a semantic router needs an embedder factory",
+                          [(f"{key}.semantic.embedder", "no embedder available")])
+    routes = [Route(r.name, r.description, resolve(r.model)) for r in config.routes]
+    settings = SemanticRouterConfig(**config.model_dump(
+        include=set(SemanticRouterConfig.model_fields)))
+    try:
+        return SemanticRouter(name, routes, embedder(config.embedder), settings)
+    except ValueError as exc:
+        raise ConfigError(f"{key}.semantic: {exc}", [(f"{key}.semantic", str(exc))]) from None

@@ -159,6 +159,24 @@ class SemanticRouterConfig(_Config):
     cache_size: int = Field(default=1024, ge=0)
 
 
+class SemanticRouteConfig(_Config):
+    """One route of a semantic router in roost.toml: where requests meaning `description` go."""
+
+    name: str
+    description: str
+    #: A model ref (an alias, "openai:gpt-4o-mini").
+    model: str
+
+
+class SemanticPolicyConfig(SemanticRouterConfig):
+    """A semantic router from roost.toml: the alias routes each request to one of `routes`
+    by meaning (`SemanticRouter`), instead of calling its own model."""
+
+    #: The embedding model: "<provider>:<model>" of an OpenAI-compatible provider.
+    embedder: str
+    routes: list[SemanticRouteConfig] = Field(min_length=1)
+
+
 class FallbackConfig(_Config):
     """When the next model of a fallback chain serves."""
 
@@ -182,3 +200,5 @@ class ModelPolicy(_Config):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     #: When set, this alias routes across `router.backends` instead of calling one model.
     router: RouterConfig | None = None
+    #: When set, this alias routes each request by meaning to one of `semantic.routes`.
+    semantic: SemanticPolicyConfig | None = None

@@ -7,10 +7,11 @@ from starlette.responses import Response
 
 from roost.background.listing import MAX_PAGE
 from roost.errors import InvalidInput
+from roost.runtime.approvals import DecisionRequest
 from roost.server import turns
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of, tenant_of
-from roost.server.schemas import RunOut, RunPage, TurnCreate, TurnOut
+from roost.server.schemas import ApprovalCreate, RunOut, RunPage, TurnCreate, TurnOut
 from roost.server.sse import RunEventStream, follower_stream, frame
 from roost.sessions.records import TERMINAL_STATUSES, RunStatus
 
@@ -18,7 +19,8 @@ router = APIRouter(tags=["runs"], route_class=StrictJSONRoute)
 
 # The SSE body as OpenAPI can say it: frames of `id: <seq>` (persisted events), `event:
 # <type>`, `data: <JSON event>`, and `: heartbeat` comments; the stream ends after the run's
-# end event (run.completed, run.failed, run.cancelled or run.interrupted).
+# end event (run.completed, run.failed, run.cancelled, run.interrupted, or run.waiting when
+# the run waits for a person: follow it again to see it continue after the decision).
 _SSE_EXAMPLE = (
     "id: 1\nevent: run.started\ndata: {\"seq\": 1, \"type\": \"run.started\", "
     "\"run_id\": \"run_…\", \"data\": {\"input\": \"Weather in Paris?\"}, \"ts\": 1.7e9}\n\n"
@@ -102,3 +104,22 @@ async def resume_run(run_id: str, request: Request) -> Response:
     """Continue an interrupted run from its log (tool calls already recorded are not re-run)."""
     handle = await runtime_of(request).resume_run(tenant_of(request), run_id)
     return json_response(handle.run, status=202)
+
+
+@router.post("/v1/runs/{run_id}/approvals", response_model=RunOut, status_code=202)
+async def decide_run(run_id: str, body: ApprovalCreate, request: Request) -> Response:
+    """Decide the calls a waiting run waits on — approve (optionally with edited
+    arguments), reject with a reason the model reads, or answer an `ask_user` question —
+    and resume it on this instance. 409 when the run is not waiting or another decision
+    won; 422 naming the field when a decision does not fit (unknown call, arguments the
+    tool's schema refuses). Follow `GET /v1/runs/{id}/events` for what happens next."""
+    items = body.decisions if body.decisions is not None else [body]
+    if body.decisions is not None and (body.decision or body.call_id or body.answer
+                                       or body.arguments is not None or body.reason):
+        raise InvalidInput("send one decision at the top level or several in `decisions`, "
+                           "not both", field="decisions")
+    decisions = [DecisionRequest(decision=d.decision, call_id=d.call_id, reason=d.reason,
+                                 arguments=d.arguments, answer=d.answer) for d in items]
+    handle = await runtime_of(request).decide_run(tenant_of(request), run_id, decisions)
+    return json_response(handle.run, status=202,
+                         headers={"Location": f"/v1/runs/{handle.run.id}"})
