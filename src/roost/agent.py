@@ -39,6 +39,7 @@ class Limits:
     run_timeout_s: float = 120.0  # the longest a turn may take; a turn's timeout_s is capped by it
     max_tool_concurrency: int = 8  # parallel tool calls within one step
     tool_timeout_s: float = 30.0  # default per-call timeout (a tool may set its own)
+    tool_threads: int = 4  # this agent's own thread pool for sync tools (tools/threads.py)
     max_input_chars: int = 100_000
     # Per-run budgets (None: unlimited): the default of a turn that asks none, and the cap of
     # one that asks more. A run over one stops with status `budget_exceeded`.
@@ -48,7 +49,7 @@ class Limits:
     max_duration_s: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "max_tool_concurrency", "max_input_chars"):
+        for name in ("max_steps", "max_tool_concurrency", "max_input_chars", "tool_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"limits.{name} must be >= 1")
         for name in ("run_timeout_s", "tool_timeout_s"):

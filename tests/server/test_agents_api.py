@@ -57,7 +57,7 @@ def test_get_agent_reports_model_limits_and_policies(serve: Serve) -> None:
     assert body["model"] == "scripted-v1"
     assert body["tools"] == []
     assert body["limits"] == {"max_steps": 3, "run_timeout_s": 12.5, "max_tool_concurrency": 2,
-                              "tool_timeout_s": 4.0, "max_input_chars": 500,
+                              "tool_timeout_s": 4.0, "tool_threads": 4, "max_input_chars": 500,
                               "max_cost": None, "max_tokens": None, "max_tool_calls": None,
                               "max_duration_s": None}
     assert body["policies"]["approval"] is None

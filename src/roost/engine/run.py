@@ -463,7 +463,8 @@ class Runner:
         token = ctx.hooks.tool_start(ctx.run, call.name, call.id)
         context = ToolContext(run_id=ctx.run.id, session_id=ctx.session.id, tenant=ctx.run.tenant,
                               agent=ctx.agent.name, call_id=call.id, deadline=tool_deadline,
-                              state=ctx.session.state, artifacts=ctx.artifacts)
+                              state=ctx.session.state, artifacts=ctx.artifacts,
+                              tool_threads=ctx.agent.limits.tool_threads)
         outcome = "ok"
         error: BaseException | None = None
         try:

@@ -15,6 +15,7 @@ from roost.observability import Observability
 from roost.runtime.runtime import Runtime
 from roost.sessions import open_store
 from roost.sessions.store import Store
+from roost.tools.threads import TOOL_THREADS
 
 
 def assemble(settings: Settings, agents: Iterable[Agent], *,
@@ -26,6 +27,9 @@ def assemble(settings: Settings, agents: Iterable[Agent], *,
     observability.register_stats("runtime", lambda: runtime_gauges(runtime))
     observability.register_stats("background", lambda: background_gauges(runtime))
     observability.register_stats("webhooks", lambda: webhook_gauges(runtime))
+    observability.register_stats("tool_threads", TOOL_THREADS.gauges,
+                                 labels={"tool_threads_" + k: ("agent",) for k in
+                                         ("running", "queued", "abandoned", "abandoned_total")})
     policy_state = runtime.models.policy_state
     if policy_state is not None:
         observability.register_stats("models", lambda: model_gauges(policy_state))

@@ -31,6 +31,8 @@ class ToolContext:
     artifacts: ArtifactStore | None = None
     # The refs `keep` stored during this call: the engine records them on the tool.result.
     kept: list[dict[str, Any]] = field(default_factory=list)
+    # Size of the agent's thread pool for sync tools (`Limits.tool_threads`).
+    tool_threads: int = 4
 
     @property
     def idempotency_key(self) -> str:

@@ -10,15 +10,15 @@
         '''
 
 The JSON schema comes from the type hints (Pydantic) and the docstring (summary and
-Google-style `Args:`); arguments are validated before the call. Sync functions run in a
-thread pool so they never block the event loop. A parameter annotated `ToolContext` receives
+Google-style `Args:`); arguments are validated before the call. Sync functions run in the
+agent's own bounded thread pool (`limits.tool_threads`, see tools/threads.py) so they never
+block the event loop nor starve other agents. A parameter annotated `ToolContext` receives
 the call's context and is hidden from the model. `@tool(requires_approval=True)` makes every
 call wait for a person's decision before it runs (see `roost.engine.approval`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import re
@@ -29,6 +29,7 @@ import orjson
 import pydantic
 
 from roost.tools.base import ToolArgumentsError, ToolContext
+from roost.tools.threads import TOOL_THREADS
 
 _ARG_LINE = re.compile(r"^\s{2,}(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 
@@ -150,7 +151,9 @@ class FunctionTool:
         if self.is_async:
             result = await self.fn(**kwargs)
         else:
-            result = await asyncio.to_thread(functools.partial(self.fn, **kwargs))
+            # Never the loop's default executor: the agent's own bounded pool (tools/threads.py).
+            result = await TOOL_THREADS.run(ctx.agent, ctx.tool_threads,
+                                            functools.partial(self.fn, **kwargs))
         return _result_text(result)
 
 

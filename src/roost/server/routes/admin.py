@@ -14,6 +14,7 @@ from starlette.responses import Response
 from roost.auth.principal import PRINCIPAL
 from roost.server.requests import StrictJSONRoute
 from roost.server.respond import json_response, runtime_of
+from roost.tools.threads import TOOL_THREADS
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=StrictJSONRoute)
 
@@ -47,6 +48,7 @@ async def stats(request: Request) -> Response:
         "cache": asdict(runtime.cache.statistics()),
         "agents": {name: hosted.state for name, hosted in runtime.agents.items()},
         "fleet": runtime.fleet_statistics(),
+        "tool_threads": {agent: asdict(s) for agent, s in TOOL_THREADS.statistics().items()},
     }
     principal = request.scope.get(PRINCIPAL)
     if principal is not None and not principal.is_admin:
